@@ -1,0 +1,138 @@
+"""Canonical key encoding: SHA-256 over length-prefixed parts, never `hash()` or `repr()`.
+
+Every key of one tenant shares a Redis hash tag (`{t:...}`), so an entry and the generations it is
+checked against live in one slot and are read in one round trip, on a single Redis or a Cluster.
+Tenant ids and text never appear in keys: only digests do.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import unicodedata
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from enum import Flag, auto
+
+KEY_SCHEMA_VERSION = 1
+"""Bumped when the key encoding changes, so old entries can never be read as new ones."""
+
+_WHITESPACE = re.compile(r"\s+")
+
+
+class Normalization(Flag):
+    """How text in key material is normalised before hashing (default: exact)."""
+
+    EXACT = 0
+    CASEFOLD = auto()
+    COLLAPSE_WHITESPACE = auto()
+    LOOSE = CASEFOLD | COLLAPSE_WHITESPACE
+    """What the original `text.lower().strip()` approximated, made Unicode-correct."""
+
+
+def normalize_text(text: str, normalization: Normalization) -> str:
+    """Apply `normalization` to one text value."""
+    if normalization & Normalization.COLLAPSE_WHITESPACE:
+        text = _WHITESPACE.sub(" ", text).strip()
+    if normalization & Normalization.CASEFOLD:
+        text = unicodedata.normalize("NFKC", text).casefold()
+    return text
+
+
+def normalize_value(value: object, normalization: Normalization) -> object:
+    """Normalise every string inside a JSON-like value; other values are kept as they are."""
+    if normalization is Normalization.EXACT:
+        return value
+    if isinstance(value, str):
+        return normalize_text(value, normalization)
+    if isinstance(value, list | tuple):
+        return [normalize_value(item, normalization) for item in value]
+    if isinstance(value, Mapping):
+        return {key: normalize_value(item, normalization) for key, item in value.items()}
+    return value
+
+
+def canonical_json(value: object) -> bytes:
+    """Deterministic JSON bytes of a JSON-like value (sorted keys, no spaces, no NaN)."""
+    return json.dumps(
+        value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+    ).encode("utf-8")
+
+
+def digest(parts: Iterable[bytes | str]) -> str:
+    """Hex SHA-256 over length-prefixed parts, so no two part lists encode alike."""
+    hasher = hashlib.sha256()
+    for part in parts:
+        data = part.encode("utf-8") if isinstance(part, str) else part
+        hasher.update(len(data).to_bytes(8, "big"))
+        hasher.update(data)
+    return hasher.hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class Scope:
+    """Who an entry belongs to: a tenant (workspace) and optionally a subject (client)."""
+
+    tenant: str
+    subject: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class KeySpace:
+    """Builds the store keys of one namespace (one cache, one key-schema version)."""
+
+    namespace: str = "cachegate"
+
+    def __post_init__(self) -> None:
+        if not self.namespace or any(c in self.namespace for c in "{}: \n"):
+            raise ValueError(
+                f"namespace must be non-empty without braces, colons or spaces: {self.namespace!r}"
+            )
+
+    def tenant_tag(self, tenant: str) -> str:
+        """The hash tag shared by all keys of a tenant (a digest, never the id)."""
+        return digest(("tenant", self.namespace, tenant))[:24]
+
+    def _prefix(self, tenant: str) -> str:
+        return f"{self.namespace}:{{t:{self.tenant_tag(tenant)}}}"
+
+    def entry_key(
+        self,
+        scope: Scope,
+        *,
+        route: str,
+        method: str,
+        material: Mapping[str, object],
+    ) -> str:
+        """The L1 entry key for one request's scope and normalised key material."""
+        parts = (
+            str(KEY_SCHEMA_VERSION),
+            self.namespace,
+            route,
+            method.upper(),
+            scope.tenant,
+            "" if scope.subject is None else "s:" + scope.subject,
+            canonical_json(dict(material)),
+        )
+        return f"{self._prefix(scope.tenant)}:r:{digest(parts)}"
+
+    def generation_keys(self, scope: Scope) -> tuple[str, str]:
+        """The two generations an entry of `scope` is checked against.
+
+        An entry with a subject depends on its tenant's and its subject's generation. An entry
+        without one may draw on any subject's data, so it depends on the tenant's generation and
+        on the tenant's "any subject" generation, which every subject invalidation also advances.
+        """
+        prefix = self._prefix(scope.tenant)
+        if scope.subject is None:
+            return (f"{prefix}:g:t", f"{prefix}:g:a")
+        subject = digest(("subject", scope.subject))[:32]
+        return (f"{prefix}:g:t", f"{prefix}:g:s:{subject}")
+
+    def invalidation_keys(self, scope: Scope) -> tuple[str, ...]:
+        """The generations an invalidation of `scope` advances."""
+        prefix = self._prefix(scope.tenant)
+        if scope.subject is None:
+            return (f"{prefix}:g:t",)
+        return (self.generation_keys(scope)[1], f"{prefix}:g:a")

@@ -1,0 +1,198 @@
+"""Prometheus metrics: low-cardinality names and labels, every labelled series starting at zero.
+
+Names default to the `cachegate_` prefix; `namespace="ai_agent"` keeps the original service's names
+(`ai_agent_cache_hits_total{cache_layer=...}`) so its dashboards keep working. Tenant ids, keys and
+text are never labels.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
+
+LAYERS = ("query_result", "embedding")
+"""Values of `cache_layer`: L1 result cache and L2 embedding cache, as in the original service."""
+PATHS = ("hit", "miss", "shadow", "bypass")
+MODES = ("off", "shadow", "serve")
+OUTCOMES = ("match", "mismatch", "error")
+COMPARISON_KINDS = ("shadow", "verify", "noise")
+STORE_OPERATIONS = ("lookup", "generations", "write", "delete", "bump", "get_many", "set_many")
+STORE_FAILURES = ("error", "timeout", "rejected")
+BYPASS_REASONS = (
+    "no_tenant",
+    "body_too_large",
+    "invalid_json",
+    "invalid_utf8",
+    "headers_too_large",
+    "request_no_cache",
+    "extractor_error",
+    "mode_off",
+    "invalidation_pending",
+    "store_error",
+)
+SINGLE_FLIGHT_OUTCOMES = ("shared", "timeout", "not_shared")
+UNCACHEABLE_REASONS = (
+    "status",
+    "set_cookie",
+    "cache_control",
+    "streamed",
+    "too_large",
+    "error",
+)
+
+_LATENCY_BUCKETS = (
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+)
+_STORE_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25)
+_SIZE_BUCKETS = tuple(float(2**n) for n in range(6, 24, 2))
+
+
+class Metrics:
+    """All CacheGate metrics, registered once in `registry` under `namespace`."""
+
+    def __init__(
+        self,
+        *,
+        namespace: str = "cachegate",
+        registry: CollectorRegistry | None = REGISTRY,
+        routes: Sequence[str] = (),
+    ) -> None:
+        self.namespace = namespace
+        ns = namespace
+        reg = registry
+        self.hits = Counter("cache_hits", "Cache hits.", ["cache_layer"], namespace=ns, registry=reg)
+        self.misses = Counter(
+            "cache_misses", "Cache misses.", ["cache_layer"], namespace=ns, registry=reg
+        )
+        self.shadow_lookups = Counter(
+            "shadow_lookups",
+            "Lookups in shadow mode (would-be hits and misses; nothing cached was served).",
+            ["cache_layer", "result"],
+            namespace=ns,
+            registry=reg,
+        )
+        self.invalidations = Counter(
+            "cache_invalidations", "Invalidations by reason.", ["reason"], namespace=ns, registry=reg
+        )
+        self.invalidation_failures = Counter(
+            "cache_invalidation_failures",
+            "Invalidations the store did not acknowledge (retried in the background).",
+            namespace=ns,
+            registry=reg,
+        )
+        self.query_duration = Histogram(
+            "query_duration_seconds",
+            "Duration of cached-route requests, by cache path and route template.",
+            ["route", "path"],
+            namespace=ns,
+            registry=reg,
+            buckets=_LATENCY_BUCKETS,
+        )
+        self.bypasses = Counter(
+            "bypasses", "Requests passed through uncached, by reason.", ["reason"],
+            namespace=ns, registry=reg,
+        )
+        self.uncacheable = Counter(
+            "uncacheable_responses", "Fresh responses not stored, by reason.", ["reason"],
+            namespace=ns, registry=reg,
+        )
+        self.comparisons = Counter(
+            "comparisons",
+            "Shadow, verify and noise-baseline comparisons by outcome.",
+            ["cache_layer", "kind", "outcome"],
+            namespace=ns,
+            registry=reg,
+        )
+        self.decisions = Counter(
+            "decisions", "Per-request decisions by layer and mode.", ["cache_layer", "mode"],
+            namespace=ns, registry=reg,
+        )
+        self.store_duration = Histogram(
+            "store_operation_duration_seconds",
+            "Store call latency by operation.",
+            ["operation"],
+            namespace=ns,
+            registry=reg,
+            buckets=_STORE_BUCKETS,
+        )
+        self.store_failures = Counter(
+            "store_failures",
+            "Store calls that failed: error, timeout, or rejected by the open breaker.",
+            ["operation", "kind"],
+            namespace=ns,
+            registry=reg,
+        )
+        self.breaker_open = Gauge(
+            "store_breaker_open",
+            "1 while the store's circuit breaker is open or half-open, else 0.",
+            namespace=ns,
+            registry=reg,
+            multiprocess_mode="max",
+        )
+        self.single_flight = Counter(
+            "single_flight_waits", "Requests that waited on an identical computation, by outcome.",
+            ["outcome"], namespace=ns, registry=reg,
+        )
+        self.entry_size = Histogram(
+            "entry_size_bytes", "Size of stored entries.", ["cache_layer"],
+            namespace=ns, registry=reg, buckets=_SIZE_BUCKETS,
+        )
+        self.corrupt_entries = Counter(
+            "corrupt_entries", "Stored values that failed to decode (deleted and missed).",
+            ["cache_layer"], namespace=ns, registry=reg,
+        )
+        self.calls_avoided = Counter(
+            "fresh_calls_avoided", "Fresh computations (model or API calls) avoided by hits.",
+            ["cache_layer"], namespace=ns, registry=reg,
+        )
+        self.tokens_avoided = Counter(
+            "tokens_avoided", "Billed tokens avoided by hits.", ["cache_layer"],
+            namespace=ns, registry=reg,
+        )
+        self.cost_avoided = Counter(
+            "cost_avoided_dollars", "Estimated money avoided by hits, in dollars.",
+            ["cache_layer"], namespace=ns, registry=reg,
+        )
+        self._initialise(routes)
+
+    def _initialise(self, routes: Iterable[str]) -> None:
+        """Create every known labelled series at zero, so rates and ratios exist from the start."""
+        for layer in LAYERS:
+            for counter in (
+                self.hits, self.misses, self.corrupt_entries, self.calls_avoided,
+                self.tokens_avoided, self.cost_avoided,
+            ):
+                counter.labels(layer)
+            for result in ("hit", "miss"):
+                self.shadow_lookups.labels(layer, result)
+            for mode in MODES:
+                self.decisions.labels(layer, mode)
+            for kind in COMPARISON_KINDS:
+                for outcome in OUTCOMES:
+                    self.comparisons.labels(layer, kind, outcome)
+        for reason in BYPASS_REASONS:
+            self.bypasses.labels(reason)
+        for reason in UNCACHEABLE_REASONS:
+            self.uncacheable.labels(reason)
+        for operation in STORE_OPERATIONS:
+            self.store_duration.labels(operation)
+            for kind in STORE_FAILURES:
+                self.store_failures.labels(operation, kind)
+        for outcome in SINGLE_FLIGHT_OUTCOMES:
+            self.single_flight.labels(outcome)
+        for route in routes:
+            for path in PATHS:
+                self.query_duration.labels(route, path)
+        self.breaker_open.set(0)
+
+
+_defaults: dict[str, Metrics] = {}
+
+
+def default_metrics(namespace: str = "cachegate") -> Metrics:
+    """The process-wide metrics of `namespace` in the default registry, created once."""
+    metrics = _defaults.get(namespace)
+    if metrics is None:
+        metrics = _defaults[namespace] = Metrics(namespace=namespace)
+    return metrics

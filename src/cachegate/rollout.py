@@ -1,0 +1,75 @@
+"""Modes, the per-request `Decision`, and the contextvar that carries it through the app.
+
+The middleware decides once per request and stores the decision here, so code inside the app (the
+L2 embedder) follows the same decision without being handed it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Protocol
+
+
+class Mode(StrEnum):
+    """What one cache layer does for one request."""
+
+    OFF = "off"
+    """Not consulted at all: the fresh path only."""
+    SHADOW = "shadow"
+    """Dark launch: looked up, compared with the fresh answer, filled; fresh is served."""
+    SERVE = "serve"
+    """Hits are served."""
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """The modes of both layers for one request, and whether a hit is verified in the background."""
+
+    l1: Mode = Mode.OFF
+    l2: Mode = Mode.OFF
+    verify: bool = False
+
+
+OFF = Decision()
+"""Every layer off: what unknown flags, a kill switch or a request without tenant get."""
+
+
+class Rollout(Protocol):
+    """Decides the layers' modes for a request of `tenant` (None: not in any rollout)."""
+
+    def decide(self, tenant: str | None) -> Decision:
+        """Return this request's decision; must never raise."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class StaticRollout:
+    """The same decision for every tenant: the embedded default and a handy test double."""
+
+    decision: Decision = Decision(l1=Mode.SERVE, l2=Mode.SERVE)
+
+    def decide(self, tenant: str | None) -> Decision:
+        """Every request with a tenant gets the configured decision; one without gets `OFF`."""
+        return OFF if tenant is None else self.decision
+
+
+_current: ContextVar[Decision | None] = ContextVar("cachegate_decision", default=None)
+
+
+def current_decision() -> Decision | None:
+    """The decision of the request being handled, or None outside a CacheGate request."""
+    return _current.get()
+
+
+@contextmanager
+def using_decision(decision: Decision) -> Iterator[None]:
+    """Make `decision` the current one for the duration of the block."""
+    token = _current.set(decision)
+    try:
+        yield
+    finally:
+        _current.reset(token)

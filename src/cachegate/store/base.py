@@ -1,0 +1,79 @@
+"""The store contract shared by `MemoryStore` and `RedisStore`.
+
+A store is a byte-level key-value store with absolute TTLs plus generation counters. Generations
+start at a random value and only move forward, so a lost counter (evicted, expired, flushed) can
+never repeat a value an old entry recorded: losing one only costs misses.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+
+class StoreError(Exception):
+    """A store call failed, timed out or was refused by the breaker; the caller serves fresh."""
+
+
+class StoreTimeout(StoreError):
+    """A store call missed its deadline."""
+
+
+class StoreUnavailable(StoreError):
+    """The circuit breaker is open: the store is not asked during its cool-down."""
+
+
+MISSING_GENERATION = 0
+"""What a lookup reports for a generation that does not exist; no entry ever records it."""
+
+
+def random_generation() -> int:
+    """A random start for a new generation counter, far below the 64-bit limit."""
+    return secrets.randbits(61) + 1
+
+
+@dataclass(frozen=True, slots=True)
+class Lookup:
+    """An entry's bytes (or None) and the current generations, read together."""
+
+    value: bytes | None
+    generations: tuple[int, ...]
+
+
+@runtime_checkable
+class Store(Protocol):
+    """What the cache needs from a store. Every method may raise `StoreError`."""
+
+    async def lookup(self, key: str, generation_keys: Sequence[str]) -> Lookup:
+        """Read an entry and the current generations in one round trip (missing: 0)."""
+        ...
+
+    async def generations(self, generation_keys: Sequence[str]) -> tuple[int, ...]:
+        """Current generations, creating missing ones with a random start value."""
+        ...
+
+    async def write(self, key: str, value: bytes, ttl: float) -> None:
+        """Store `value` under `key` for `ttl` seconds (absolute; reads never extend it)."""
+        ...
+
+    async def delete(self, key: str) -> None:
+        """Remove one key (a corrupt entry, for instance)."""
+        ...
+
+    async def bump(self, generation_keys: Sequence[str]) -> None:
+        """Advance each generation in one round trip: the O(1) invalidation."""
+        ...
+
+    async def get_many(self, keys: Sequence[str]) -> list[bytes | None]:
+        """Read many keys, in order, without touching their TTLs."""
+        ...
+
+    async def set_many(self, items: Sequence[tuple[str, bytes]], ttl: float) -> None:
+        """Write many keys with one absolute TTL."""
+        ...
+
+    async def aclose(self) -> None:
+        """Release connections."""
+        ...
