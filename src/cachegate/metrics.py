@@ -42,7 +42,20 @@ UNCACHEABLE_REASONS = (
 )
 
 _LATENCY_BUCKETS = (
-    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
 )
 _STORE_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25)
 _SIZE_BUCKETS = tuple(float(2**n) for n in range(6, 24, 2))
@@ -61,7 +74,9 @@ class Metrics:
         self.namespace = namespace
         ns = namespace
         reg = registry
-        self.hits = Counter("cache_hits", "Cache hits.", ["cache_layer"], namespace=ns, registry=reg)
+        self.hits = Counter(
+            "cache_hits", "Cache hits.", ["cache_layer"], namespace=ns, registry=reg
+        )
         self.misses = Counter(
             "cache_misses", "Cache misses.", ["cache_layer"], namespace=ns, registry=reg
         )
@@ -73,7 +88,11 @@ class Metrics:
             registry=reg,
         )
         self.invalidations = Counter(
-            "cache_invalidations", "Invalidations by reason.", ["reason"], namespace=ns, registry=reg
+            "cache_invalidations",
+            "Invalidations by reason.",
+            ["reason"],
+            namespace=ns,
+            registry=reg,
         )
         self.invalidation_failures = Counter(
             "cache_invalidation_failures",
@@ -90,12 +109,18 @@ class Metrics:
             buckets=_LATENCY_BUCKETS,
         )
         self.bypasses = Counter(
-            "bypasses", "Requests passed through uncached, by reason.", ["reason"],
-            namespace=ns, registry=reg,
+            "bypasses",
+            "Requests passed through uncached, by reason.",
+            ["reason"],
+            namespace=ns,
+            registry=reg,
         )
         self.uncacheable = Counter(
-            "uncacheable_responses", "Fresh responses not stored, by reason.", ["reason"],
-            namespace=ns, registry=reg,
+            "uncacheable_responses",
+            "Fresh responses not stored, by reason.",
+            ["reason"],
+            namespace=ns,
+            registry=reg,
         )
         self.comparisons = Counter(
             "comparisons",
@@ -105,8 +130,11 @@ class Metrics:
             registry=reg,
         )
         self.decisions = Counter(
-            "decisions", "Per-request decisions by layer and mode.", ["cache_layer", "mode"],
-            namespace=ns, registry=reg,
+            "decisions",
+            "Per-request decisions by layer and mode.",
+            ["cache_layer", "mode"],
+            namespace=ns,
+            registry=reg,
         )
         self.store_duration = Histogram(
             "store_operation_duration_seconds",
@@ -131,28 +159,47 @@ class Metrics:
             multiprocess_mode="max",
         )
         self.single_flight = Counter(
-            "single_flight_waits", "Requests that waited on an identical computation, by outcome.",
-            ["outcome"], namespace=ns, registry=reg,
+            "single_flight_waits",
+            "Requests that waited on an identical computation, by outcome.",
+            ["outcome"],
+            namespace=ns,
+            registry=reg,
         )
         self.entry_size = Histogram(
-            "entry_size_bytes", "Size of stored entries.", ["cache_layer"],
-            namespace=ns, registry=reg, buckets=_SIZE_BUCKETS,
+            "entry_size_bytes",
+            "Size of stored entries.",
+            ["cache_layer"],
+            namespace=ns,
+            registry=reg,
+            buckets=_SIZE_BUCKETS,
         )
         self.corrupt_entries = Counter(
-            "corrupt_entries", "Stored values that failed to decode (deleted and missed).",
-            ["cache_layer"], namespace=ns, registry=reg,
+            "corrupt_entries",
+            "Stored values that failed to decode (deleted and missed).",
+            ["cache_layer"],
+            namespace=ns,
+            registry=reg,
         )
         self.calls_avoided = Counter(
-            "fresh_calls_avoided", "Fresh computations (model or API calls) avoided by hits.",
-            ["cache_layer"], namespace=ns, registry=reg,
+            "fresh_calls_avoided",
+            "Fresh computations (model or API calls) avoided by hits.",
+            ["cache_layer"],
+            namespace=ns,
+            registry=reg,
         )
         self.tokens_avoided = Counter(
-            "tokens_avoided", "Billed tokens avoided by hits.", ["cache_layer"],
-            namespace=ns, registry=reg,
+            "tokens_avoided",
+            "Billed tokens avoided by hits.",
+            ["cache_layer"],
+            namespace=ns,
+            registry=reg,
         )
         self.cost_avoided = Counter(
-            "cost_avoided_dollars", "Estimated money avoided by hits, in dollars.",
-            ["cache_layer"], namespace=ns, registry=reg,
+            "cost_avoided_dollars",
+            "Estimated money avoided by hits, in dollars.",
+            ["cache_layer"],
+            namespace=ns,
+            registry=reg,
         )
         self._initialise(routes)
 
@@ -160,8 +207,12 @@ class Metrics:
         """Create every known labelled series at zero, so rates and ratios exist from the start."""
         for layer in LAYERS:
             for counter in (
-                self.hits, self.misses, self.corrupt_entries, self.calls_avoided,
-                self.tokens_avoided, self.cost_avoided,
+                self.hits,
+                self.misses,
+                self.corrupt_entries,
+                self.calls_avoided,
+                self.tokens_avoided,
+                self.cost_avoided,
             ):
                 counter.labels(layer)
             for result in ("hit", "miss"):

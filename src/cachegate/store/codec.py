@@ -48,7 +48,7 @@ def encode_entry(entry: Entry) -> bytes:
 
 
 def decode_entry(data: bytes) -> Entry:
-    """Unpack an entry; raise `CorruptEntry` for anything truncated, foreign or of another version."""
+    """Unpack an entry; raise `CorruptEntry` if truncated, foreign or of another version."""
     try:
         magic, version, status, generation_count = _HEAD.unpack_from(data, 0)
         if magic != MAGIC or version != FORMAT_VERSION:
