@@ -1,3 +1,50 @@
 """CacheGate: a cache in front of expensive AI work, rolled out safely with feature flags."""
 
+from cachegate.gate import CacheGate
+from cachegate.keys import Normalization, Scope
+from cachegate.metrics import Metrics
+from cachegate.middleware import CacheGateMiddleware
+from cachegate.policy import (
+    Policy,
+    RequestView,
+    WriteRule,
+    body_field,
+    header,
+    path_param,
+    query_param,
+)
+from cachegate.rollout import Decision, Mode, StaticRollout, current_decision
+from cachegate.shadow import (
+    ExactComparator,
+    JsonComparator,
+    SimilarityComparator,
+    TextComparator,
+)
+from cachegate.store import MemoryStore, RedisStore
+
 __version__ = "0.1.0"
+
+__all__ = [
+    "CacheGate",
+    "CacheGateMiddleware",
+    "Decision",
+    "ExactComparator",
+    "JsonComparator",
+    "MemoryStore",
+    "Metrics",
+    "Mode",
+    "Normalization",
+    "Policy",
+    "RedisStore",
+    "RequestView",
+    "Scope",
+    "SimilarityComparator",
+    "StaticRollout",
+    "TextComparator",
+    "WriteRule",
+    "body_field",
+    "current_decision",
+    "header",
+    "path_param",
+    "query_param",
+]

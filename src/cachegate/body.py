@@ -1,0 +1,64 @@
+"""Reading a request body up to a cap, and replaying exactly what was read to the app."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, MutableMapping
+from dataclasses import dataclass
+from typing import Any
+
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+
+
+@dataclass(slots=True)
+class RequestBody:
+    """The messages read so far; `complete` when the whole body is in them."""
+
+    messages: list[Message]
+    complete: bool
+    too_large: bool
+
+    @property
+    def body(self) -> bytes:
+        """The body bytes read."""
+        return b"".join(m.get("body", b"") for m in self.messages if m["type"] == "http.request")
+
+    def replay(self, receive: Receive) -> Receive:
+        """A `receive` that yields every message read, in order, then the original's."""
+        pending = list(self.messages)
+
+        async def replayed() -> Message:
+            if pending:
+                return pending.pop(0)
+            return await receive()
+
+        return replayed
+
+    def rerun(self) -> Receive:
+        """A `receive` for a background re-run: the body, then nothing until cancelled."""
+        pending = list(self.messages)
+
+        async def replayed() -> Message:
+            if pending:
+                return pending.pop(0)
+            await asyncio.Event().wait()
+            return {"type": "http.disconnect"}
+
+        return replayed
+
+
+async def read_body(receive: Receive, max_bytes: int) -> RequestBody:
+    """Read `http.request` messages until the body ends, the cap is passed or the client leaves."""
+    messages: list[Message] = []
+    size = 0
+    while True:
+        message = await receive()
+        messages.append(message)
+        if message["type"] != "http.request":
+            return RequestBody(messages, complete=False, too_large=False)
+        size += len(message.get("body", b""))
+        if size > max_bytes:
+            return RequestBody(messages, complete=False, too_large=True)
+        if not message.get("more_body", False):
+            return RequestBody(messages, complete=True, too_large=False)

@@ -1,0 +1,119 @@
+"""`CacheGate`: one cache's configuration and components, shared by the middleware and the app."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import Callable, Coroutine, Iterable
+from typing import Any
+
+from cachegate.invalidation import Invalidator
+from cachegate.keys import KeySpace, Scope
+from cachegate.metrics import PATHS, Metrics, default_metrics
+from cachegate.policy import Policy, Router, WriteRule
+from cachegate.results import ResultCache
+from cachegate.rollout import Rollout, StaticRollout
+from cachegate.shadow import MismatchLog
+from cachegate.singleflight import SingleFlight
+from cachegate.store.base import Store
+from cachegate.store.codec import Entry
+from cachegate.store.memory import MemoryStore
+from cachegate.store.redis import RedisStore
+
+
+class CacheGate:
+    """Everything one cache needs, passed in; sane defaults for the rest.
+
+    `store` defaults to a `MemoryStore`, `rollout` to serving for every tenant. Limits:
+    request bodies over `max_body_bytes`, header blocks over `max_header_bytes` and entries
+    over `max_entry_bytes` are never cached. Waiters on an identical computation give up after
+    `single_flight_wait` seconds and compute on their own. Background verification runs at most
+    `verify_concurrency` re-computations at once, each within `verify_timeout`; in shadow mode
+    `noise_sample_rate` of requests to re-run-safe routes are computed twice to measure noise.
+    """
+
+    def __init__(
+        self,
+        *,
+        policies: Iterable[Policy],
+        write_rules: Iterable[WriteRule] = (),
+        store: Store | None = None,
+        rollout: Rollout | None = None,
+        namespace: str = "cachegate",
+        metrics: Metrics | None = None,
+        max_body_bytes: int = 1024 * 1024,
+        max_header_bytes: int = 16 * 1024,
+        max_entry_bytes: int = 1024 * 1024,
+        single_flight_wait: float = 5.0,
+        verify_concurrency: int = 4,
+        verify_timeout: float = 10.0,
+        noise_sample_rate: float = 0.01,
+        sample: Callable[[], float] = random.random,
+    ) -> None:
+        policies = list(policies)
+        write_rules = list(write_rules)
+        if min(max_body_bytes, max_header_bytes, max_entry_bytes) <= 0:
+            raise ValueError("size limits must be positive")
+        if not 0.0 <= noise_sample_rate <= 1.0:
+            raise ValueError("noise_sample_rate must be between 0 and 1")
+        self.store: Store = store if store is not None else MemoryStore()
+        self.keyspace = KeySpace(namespace)
+        self.metrics = metrics if metrics is not None else default_metrics()
+        if isinstance(self.store, RedisStore) and self.store.metrics is None:
+            self.store.metrics = self.metrics
+        self.router = Router([*policies, *write_rules])
+        self.rollout: Rollout = rollout if rollout is not None else StaticRollout()
+        self.results = ResultCache(
+            self.store, self.keyspace, metrics=self.metrics, max_entry_bytes=max_entry_bytes
+        )
+        self.invalidator = Invalidator(self.store, self.keyspace, metrics=self.metrics)
+        self.flights: SingleFlight[Entry] = SingleFlight()
+        self.mismatches = MismatchLog()
+        self.max_body_bytes = max_body_bytes
+        self.max_header_bytes = max_header_bytes
+        self.max_entry_bytes = max_entry_bytes
+        self.single_flight_wait = single_flight_wait
+        self.verify_concurrency = verify_concurrency
+        self.verify_timeout = verify_timeout
+        self.noise_sample_rate = noise_sample_rate
+        self.sample = sample
+        self._background: set[asyncio.Task[None]] = set()
+        for policy in policies:
+            for path in PATHS:
+                self.metrics.query_duration.labels(policy.route, path)
+
+    async def invalidate(
+        self, tenant: str, subject: str | None = None, *, reason: str = "api"
+    ) -> bool:
+        """Invalidate a tenant's (or one subject's) cached answers; False if kept pending."""
+        return await self.invalidator.invalidate(Scope(tenant, subject), reason)
+
+    def background(self, work: Coroutine[Any, Any, None]) -> bool:
+        """Run re-computation work in the background if a slot is free; False if skipped."""
+        if len(self._background) >= self.verify_concurrency:
+            work.close()
+            return False
+        task = asyncio.get_running_loop().create_task(self._bounded(work))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+        return True
+
+    async def _bounded(self, work: Coroutine[Any, Any, None]) -> None:
+        try:
+            async with asyncio.timeout(self.verify_timeout):
+                await work
+        except Exception:
+            return
+
+    async def drain(self) -> None:
+        """Wait for background work to finish (tests, shutdown)."""
+        while self._background:
+            await asyncio.gather(*self._background, return_exceptions=True)
+
+    async def aclose(self) -> None:
+        """Cancel background work, stop retrying invalidations and close the store."""
+        for task in list(self._background):
+            task.cancel()
+        await asyncio.gather(*self._background, return_exceptions=True)
+        await self.invalidator.aclose()
+        await self.store.aclose()

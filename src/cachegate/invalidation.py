@@ -1,0 +1,96 @@
+"""Invalidation: advance a scope's generations, so none of its entries is served again.
+
+An invalidation the store did not acknowledge is kept pending: this process bypasses the cache
+for that scope and retries in the background until the store takes it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from cachegate.keys import KeySpace, Scope
+from cachegate.metrics import Metrics
+from cachegate.store.base import Store, StoreError
+
+logger = logging.getLogger("cachegate.invalidation")
+
+MAX_PENDING_SUBJECTS = 100
+"""Above this many pending subjects in one tenant, the whole tenant is kept pending instead."""
+
+
+class Invalidator:
+    """Bumps generations and keeps failed invalidations pending until they succeed."""
+
+    def __init__(
+        self,
+        store: Store,
+        keyspace: KeySpace,
+        *,
+        metrics: Metrics | None = None,
+        retry_interval: float = 0.5,
+    ) -> None:
+        self.store = store
+        self.keyspace = keyspace
+        self.metrics = metrics
+        self.retry_interval = retry_interval
+        self._pending: dict[str, set[str | None]] = {}
+        self._retrying: asyncio.Task[None] | None = None
+
+    async def invalidate(self, scope: Scope, reason: str = "api") -> bool:
+        """Invalidate every entry of `scope`; False if the store did not take it (kept pending)."""
+        try:
+            await self.store.bump(self.keyspace.invalidation_keys(scope))
+        except StoreError:
+            self._keep_pending(scope)
+            if self.metrics is not None:
+                self.metrics.invalidation_failures.inc()
+            logger.warning("invalidation not acknowledged by the store; kept pending")
+            return False
+        if self.metrics is not None:
+            self.metrics.invalidations.labels(reason).inc()
+        return True
+
+    def is_pending(self, scope: Scope) -> bool:
+        """Whether entries of `scope` may be stale because an invalidation is still pending."""
+        if not self._pending:
+            return False
+        subjects = self._pending.get(scope.tenant)
+        if subjects is None:
+            return False
+        return scope.subject is None or None in subjects or scope.subject in subjects
+
+    @property
+    def pending_count(self) -> int:
+        """Scopes whose invalidation is still pending."""
+        return sum(len(subjects) for subjects in self._pending.values())
+
+    def _keep_pending(self, scope: Scope) -> None:
+        subjects = self._pending.setdefault(scope.tenant, set())
+        subjects.add(scope.subject)
+        if len(subjects) > MAX_PENDING_SUBJECTS:
+            subjects.clear()
+            subjects.add(None)
+        if self._retrying is None or self._retrying.done():
+            self._retrying = asyncio.get_running_loop().create_task(self._retry())
+
+    async def _retry(self) -> None:
+        while self._pending:
+            await asyncio.sleep(self.retry_interval)
+            try:
+                for tenant, subjects in list(self._pending.items()):
+                    for subject in list(subjects):
+                        await self.store.bump(
+                            self.keyspace.invalidation_keys(Scope(tenant, subject))
+                        )
+                        subjects.discard(subject)
+                    if not subjects:
+                        self._pending.pop(tenant, None)
+            except StoreError:
+                continue
+
+    async def aclose(self) -> None:
+        """Stop retrying (pending invalidations are lost with the process, as its cache is)."""
+        if self._retrying is not None:
+            self._retrying.cancel()
+            self._retrying = None

@@ -1,0 +1,458 @@
+"""`CacheGateMiddleware`: the pure-ASGI entry. It routes, decides and orchestrates; the cache
+logic lives in `results`, `invalidation`, `shadow` and the store.
+
+Routes without a policy or write rule go to the app untouched. A matched request has its body
+read (capped) and replayed exactly; the response says what happened in `X-CacheGate`. The cache
+never turns a good request into an error: every store failure falls back to the fresh path.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+
+from cachegate import tracing
+from cachegate.body import Receive, RequestBody, read_body
+from cachegate.gate import CacheGate
+from cachegate.keys import Scope
+from cachegate.policy import BadRequest, Match, Policy, RequestView, WriteRule
+from cachegate.responses import (
+    ResponseRecorder,
+    add_header,
+    replay,
+    request_refuses_cache,
+    storable_headers,
+)
+from cachegate.results import LAYER, Found, RequestFacts
+from cachegate.rollout import OFF, Decision, Mode, using_decision
+from cachegate.shadow import Outcome, compare
+from cachegate.store.codec import Entry
+
+Scope_ = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope_, Receive, Send], Awaitable[None]]
+
+STATE_KEY = "cachegate"
+"""The decision is at `request.state.cachegate` (and in `cachegate.current_decision()`)."""
+
+
+class CacheGateMiddleware:
+    """Caches whole responses of the routes `gate` has policies for."""
+
+    def __init__(self, app: ASGIApp, gate: CacheGate) -> None:
+        self.app = app
+        self.gate = gate
+
+    async def __call__(self, scope: Scope_, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        match = self.gate.router.match(scope["method"], scope["path"])
+        if match is None:
+            await self.app(scope, receive, send)
+            return
+        if isinstance(match.rule, Policy):
+            await CacheResponder(self.app, self.gate, match.rule, match)(scope, receive, send)
+        else:
+            await WriteResponder(self.app, self.gate, match.rule, match)(scope, receive, send)
+
+
+def _view(scope: Scope_, match: Match, body: RequestBody) -> RequestView:
+    return RequestView(
+        method=scope["method"],
+        path=scope["path"],
+        path_params=match.path_params,
+        headers=scope.get("headers", []),
+        query_string=scope.get("query_string", b""),
+        body=body.body,
+    )
+
+
+class CacheResponder:
+    """Handles one request to a cached route: bypass, hit, miss or shadow."""
+
+    def __init__(self, app: ASGIApp, gate: CacheGate, policy: Policy, match: Match) -> None:
+        self.app = app
+        self.gate = gate
+        self.policy = policy
+        self.match = match
+        self.path = "bypass"
+
+    async def __call__(self, scope: Scope_, receive: Receive, send: Send) -> None:
+        started = time.perf_counter()
+        try:
+            await self._handle(scope, receive, send)
+        finally:
+            self.gate.metrics.query_duration.labels(self.policy.route, self.path).observe(
+                time.perf_counter() - started
+            )
+
+    async def _handle(self, scope: Scope_, receive: Receive, send: Send) -> None:
+        gate = self.gate
+        body = await read_body(receive, gate.max_body_bytes)
+        replayed = body.replay(receive)
+        if not body.complete:
+            reason = "body_too_large" if body.too_large else "disconnected"
+            return await self._bypass(reason, OFF, scope, replayed, send)
+        headers = scope.get("headers", [])
+        if sum(len(name) + len(value) for name, value in headers) > gate.max_header_bytes:
+            return await self._bypass("headers_too_large", OFF, scope, replayed, send)
+        request = _view(scope, self.match, body)
+        try:
+            tenant = gate.results.tenant(self.policy, request)
+        except BadRequest as error:
+            reason, tenant = error.reason, None
+        else:
+            reason = "no_tenant"
+        if tenant is None:
+            return await self._bypass(reason, OFF, scope, replayed, send)
+        decision = gate.rollout.decide(tenant)
+        gate.metrics.decisions.labels(LAYER, decision.l1.value).inc()
+        if decision.l1 is Mode.OFF:
+            return await self._bypass("mode_off", decision, scope, replayed, send)
+        if self.policy.honor_request_no_cache and request_refuses_cache(headers):
+            return await self._bypass("request_no_cache", decision, scope, replayed, send)
+        try:
+            facts = gate.results.facts(self.policy, request, tenant)
+        except BadRequest as error:
+            reason = error.reason
+        else:
+            reason = ""
+        if reason:
+            return await self._bypass(reason, decision, scope, replayed, send)
+        if gate.invalidator.is_pending(facts.scope):
+            return await self._bypass("invalidation_pending", decision, scope, replayed, send)
+        _remember(scope, decision)
+        with using_decision(decision):
+            if decision.l1 is Mode.SERVE:
+                await self._serve(facts, decision, scope, body, replayed, send)
+            else:
+                await self._shadow(facts, scope, body, replayed, send)
+
+    async def _bypass(
+        self, reason: str, decision: Decision, scope: Scope_, receive: Receive, send: Send
+    ) -> None:
+        self.gate.metrics.bypasses.labels(reason).inc()
+        _remember(scope, decision)
+        with using_decision(decision):
+            await self.app(scope, receive, add_header(send, b"bypass"))
+
+    async def _lookup(self, facts: RequestFacts, mode: Mode) -> Found:
+        with tracing.tracer.start_as_current_span("cachegate.lookup") as span:
+            span.set_attributes(
+                {tracing.LAYER: LAYER, tracing.MODE: mode.value, tracing.ROUTE: facts.policy.route}
+            )
+            found = await self.gate.results.lookup(facts)
+            outcome = "error" if found.generations is None else "hit" if found.entry else "miss"
+            span.set_attribute(tracing.OUTCOME, outcome)
+            return found
+
+    async def _fresh(self, scope: Scope_, receive: Receive, recorder: ResponseRecorder) -> None:
+        with tracing.tracer.start_as_current_span("cachegate.fresh") as span:
+            span.set_attributes({tracing.LAYER: LAYER, tracing.ROUTE: self.policy.route})
+            await self.app(scope, receive, recorder)
+            span.set_attribute(tracing.OUTCOME, recorder.reason or "storable")
+
+    async def _fill(
+        self, facts: RequestFacts, generations: tuple[int, ...], recorder: ResponseRecorder
+    ) -> Entry | None:
+        if not recorder.storable:
+            self.gate.metrics.uncacheable.labels(recorder.reason or "error").inc()
+            return None
+        with tracing.tracer.start_as_current_span("cachegate.store_write") as span:
+            span.set_attributes({tracing.LAYER: LAYER, tracing.ROUTE: self.policy.route})
+            return await self.gate.results.fill(
+                facts,
+                generations,
+                status=recorder.status,
+                headers=_storable(recorder),
+                body=recorder.body,
+            )
+
+    async def _serve(
+        self,
+        facts: RequestFacts,
+        decision: Decision,
+        scope: Scope_,
+        body: RequestBody,
+        receive: Receive,
+        send: Send,
+    ) -> None:
+        gate = self.gate
+        found = await self._lookup(facts, Mode.SERVE)
+        if found.entry is not None:
+            return await self._hit(found.entry, facts, decision, scope, body, send)
+        generations = await gate.results.start_generations(found, facts)
+        if generations is None:
+            gate.metrics.bypasses.labels("store_error").inc()
+            await self.app(scope, receive, add_header(send, b"bypass"))
+            return
+        flight = facts.key + ":" + ",".join(map(str, generations))
+        if not gate.flights.lead(flight):
+            try:
+                shared = await gate.flights.wait(flight, gate.single_flight_wait)
+            except TimeoutError:
+                shared, outcome = None, "timeout"
+            else:
+                outcome = "not_shared" if shared is None else "shared"
+            gate.metrics.single_flight.labels(outcome).inc()
+            if shared is not None:
+                self.path = "hit"
+                await replay(send, shared.status, shared.headers, shared.body, b"hit")
+                return
+            gate.metrics.misses.labels(LAYER).inc()
+            await self._miss(facts, generations, scope, receive, send)
+            return
+        gate.metrics.misses.labels(LAYER).inc()
+        entry = None
+        try:
+            entry = await self._miss(facts, generations, scope, receive, send)
+        finally:
+            gate.flights.finish(flight, entry)
+
+    async def _miss(
+        self,
+        facts: RequestFacts,
+        generations: tuple[int, ...],
+        scope: Scope_,
+        receive: Receive,
+        send: Send,
+    ) -> Entry | None:
+        self.path = "miss"
+        recorder = ResponseRecorder(send, max_bytes=self.gate.max_entry_bytes, header=_miss)
+        await self._fresh(scope, receive, recorder)
+        return await self._fill(facts, generations, recorder)
+
+    async def _hit(
+        self,
+        entry: Entry,
+        facts: RequestFacts,
+        decision: Decision,
+        scope: Scope_,
+        body: RequestBody,
+        send: Send,
+    ) -> None:
+        gate = self.gate
+        self.path = "hit"
+        gate.metrics.hits.labels(LAYER).inc()
+        gate.metrics.calls_avoided.labels(LAYER).inc()
+        if self.policy.cost_per_call:
+            gate.metrics.cost_avoided.labels(LAYER).inc(self.policy.cost_per_call)
+        await replay(send, entry.status, entry.headers, entry.body, b"hit")
+        if decision.verify and self.policy.rerun_safe:
+            gate.background(self._verify(entry, facts, scope, body))
+
+    async def _verify(
+        self, entry: Entry, facts: RequestFacts, scope: Scope_, body: RequestBody
+    ) -> None:
+        """Recompute a served hit in the background and compare; a stale entry is dropped."""
+        recorder = ResponseRecorder(None, max_bytes=self.gate.max_entry_bytes)
+        await self.app(_copy(scope), body.rerun(), recorder)
+        outcome = self._compare("verify", entry.body, recorder)
+        if outcome is Outcome.MISMATCH:
+            await self.gate.results.drop(facts)
+
+    async def _shadow(
+        self,
+        facts: RequestFacts,
+        scope: Scope_,
+        body: RequestBody,
+        receive: Receive,
+        send: Send,
+    ) -> None:
+        gate = self.gate
+        self.path = "shadow"
+        found = await self._lookup(facts, Mode.SHADOW)
+        generations = await gate.results.start_generations(found, facts)
+        label = b"shadow-hit" if found.entry is not None else b"shadow-miss"
+        if found.generations is not None:
+            result = "hit" if found.entry is not None else "miss"
+            gate.metrics.shadow_lookups.labels(LAYER, result).inc()
+
+        async def header() -> bytes:
+            return label
+
+        recorder = ResponseRecorder(send, max_bytes=gate.max_entry_bytes, header=header)
+        await self._fresh(scope, receive, recorder)
+        if found.entry is not None:
+            self._compare("shadow", found.entry.body, recorder)
+        if generations is not None:
+            await self._fill(facts, generations, recorder)
+        if self.policy.rerun_safe and recorder.storable and gate.sample() < gate.noise_sample_rate:
+            gate.background(self._noise(recorder.body, scope, body))
+
+    async def _noise(self, fresh: bytes, scope: Scope_, body: RequestBody) -> None:
+        """Compute the same request again and compare fresh with fresh: the noise baseline."""
+        recorder = ResponseRecorder(None, max_bytes=self.gate.max_entry_bytes)
+        await self.app(_copy(scope), body.rerun(), recorder)
+        self._compare("noise", fresh, recorder)
+
+    def _compare(self, kind: str, cached: bytes, recorder: ResponseRecorder) -> Outcome:
+        with tracing.tracer.start_as_current_span("cachegate.compare") as span:
+            if recorder.storable:
+                comparison = compare(self.policy.comparator, cached, recorder.body)
+            else:
+                comparison = compare(_fresh_failed, cached, b"")
+            outcome = comparison.outcome
+            span.set_attributes(
+                {
+                    tracing.LAYER: LAYER,
+                    tracing.ROUTE: self.policy.route,
+                    tracing.OUTCOME: outcome.value,
+                    "cachegate.comparison": kind,
+                }
+            )
+        self.gate.metrics.comparisons.labels(LAYER, kind, outcome.value).inc()
+        if outcome is Outcome.MISMATCH:
+            self.gate.mismatches.record(
+                route=self.policy.route,
+                kind=kind,
+                cached=cached,
+                fresh=recorder.body,
+                comparison=comparison,
+            )
+        return outcome
+
+
+def _fresh_failed(cached: bytes, fresh: bytes) -> Any:
+    raise RuntimeError("the fresh response could not be recorded")
+
+
+async def _miss() -> bytes:
+    return b"miss"
+
+
+def _storable(recorder: ResponseRecorder) -> tuple[tuple[bytes, bytes], ...]:
+    return storable_headers(recorder.headers)
+
+
+def _copy(scope: Scope_) -> Scope_:
+    copied = dict(scope)
+    copied["state"] = dict(scope.get("state", {}))
+    return copied
+
+
+def _remember(scope: Scope_, decision: Decision) -> None:
+    scope.setdefault("state", {})[STATE_KEY] = decision
+
+
+class WriteResponder:
+    """Handles one request to a write route: the response is held until the invalidation is done.
+
+    So once a client has seen the write succeed, no answer computed before it is served.
+    """
+
+    def __init__(self, app: ASGIApp, gate: CacheGate, rule: WriteRule, match: Match) -> None:
+        self.app = app
+        self.gate = gate
+        self.rule = rule
+        self.match = match
+
+    async def __call__(self, scope: Scope_, receive: Receive, send: Send) -> None:
+        body = await read_body(receive, self.gate.max_body_bytes)
+        request = _view(scope, self.match, body)
+        tenant = _safe_text(self.rule.tenant, request)
+        if tenant is None:
+            self.gate.metrics.bypasses.labels("no_tenant").inc()
+            await self.app(scope, body.replay(receive), send)
+            return
+        subject = None
+        if self.rule.subject is not None and body.complete:
+            subject = _safe_text(self.rule.subject, request)
+
+        async def release(held: HeldResponse) -> None:
+            await self._invalidate(tenant, subject, held)
+
+        held = HeldResponse(send, self.gate.max_entry_bytes, release)
+        try:
+            await self.app(scope, body.replay(receive), held)
+        finally:
+            await held.release()
+
+    async def _invalidate(self, tenant: str, subject: str | None, held: HeldResponse) -> None:
+        if 400 <= held.status < 500:
+            return
+        if subject is None and self.rule.response_subject is not None and held.complete:
+            subject = held.json_field(self.rule.response_subject)
+        if self.rule.subject is not None or self.rule.response_subject is not None:
+            scope = Scope(tenant, subject)
+        else:
+            scope = Scope(tenant)
+        with tracing.tracer.start_as_current_span("cachegate.invalidate") as span:
+            span.set_attributes(
+                {tracing.ROUTE: self.rule.route, "cachegate.reason": self.rule.reason}
+            )
+            await self.gate.invalidator.invalidate(scope, self.rule.reason)
+
+
+def _safe_text(extractor: Callable[[RequestView], object], request: RequestView) -> str | None:
+    try:
+        value = extractor(request)
+    except Exception:
+        return None
+    if isinstance(value, bool) or not isinstance(value, str | int):
+        return None
+    return str(value) or None
+
+
+class HeldResponse:
+    """A `send` that holds the response until it is complete (or over `max_bytes`), then runs
+    `on_release` (the invalidation) and only then lets the response go to the client."""
+
+    def __init__(
+        self,
+        send: Send,
+        max_bytes: int,
+        on_release: Callable[[HeldResponse], Awaitable[None]],
+    ) -> None:
+        self._send = send
+        self._max_bytes = max_bytes
+        self._on_release = on_release
+        self._messages: list[Message] = []
+        self._size = 0
+        self.status = 500
+        self.complete = False
+        self.released = False
+
+    async def __call__(self, message: Message) -> None:
+        if self.released:
+            await self._send(message)
+            return
+        if message["type"] == "http.response.start":
+            self.status = int(message["status"])
+        elif message["type"] == "http.response.body":
+            self._size += len(message.get("body", b""))
+            self.complete = not message.get("more_body", False)
+        self._messages.append(message)
+        if self.complete or self._size > self._max_bytes:
+            await self.release()
+
+    def json_field(self, path: str) -> str | None:
+        """A field of the held body when it is complete JSON; None otherwise."""
+        if not self.complete:
+            return None
+        chunks = [m.get("body", b"") for m in self._messages if m["type"] == "http.response.body"]
+        try:
+            value: object = json.loads(b"".join(chunks))
+        except ValueError:
+            return None
+        for part in path.split("."):
+            if not isinstance(value, dict):
+                return None
+            value = value.get(part)
+        if isinstance(value, bool) or not isinstance(value, str | int):
+            return None
+        return str(value) or None
+
+    async def release(self) -> None:
+        """Run `on_release` once, then send everything held; later messages pass straight on."""
+        if self.released:
+            return
+        self.released = True
+        await self._on_release(self)
+        messages, self._messages = self._messages, []
+        for message in messages:
+            await self._send(message)

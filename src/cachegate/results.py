@@ -1,0 +1,155 @@
+"""The L1 result cache: keying a request, looking up its entry, and storing a fresh answer."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from cachegate.keys import KeySpace, Scope, normalize_value
+from cachegate.metrics import Metrics
+from cachegate.policy import BadRequest, Extractor, Policy, RequestView
+from cachegate.store.base import MISSING_GENERATION, Store, StoreError
+from cachegate.store.codec import CorruptEntry, Entry, decode_entry, encode_entry
+
+LAYER = "query_result"
+
+
+@dataclass(frozen=True, slots=True)
+class RequestFacts:
+    """What the cache knows of one request: its policy, scope, entry key and generations."""
+
+    policy: Policy
+    scope: Scope
+    key: str
+    generation_keys: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Found:
+    """A lookup's result: a servable entry or None, and the generations read (None on error)."""
+
+    entry: Entry | None
+    generations: tuple[int, ...] | None
+
+
+def _text(value: object, what: str) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, str):
+        return value or None
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    raise BadRequest("extractor_error") from TypeError(f"{what} must be a string or an int")
+
+
+class ResultCache:
+    """Entries of whole responses in a store, checked against their scope's generations."""
+
+    def __init__(
+        self,
+        store: Store,
+        keyspace: KeySpace,
+        *,
+        metrics: Metrics,
+        max_entry_bytes: int,
+    ) -> None:
+        self.store = store
+        self.keyspace = keyspace
+        self.metrics = metrics
+        self.max_entry_bytes = max_entry_bytes
+
+    def tenant(self, policy: Policy, request: RequestView) -> str | None:
+        """The request's tenant, or None (it bypasses). `BadRequest` if it cannot be read."""
+        return _text(_extract(policy.tenant, request), "tenant")
+
+    def facts(self, policy: Policy, request: RequestView, tenant: str) -> RequestFacts:
+        """Key the request. `BadRequest` when its key material cannot be read."""
+        subject = None
+        if policy.subject is not None:
+            subject = _text(_extract(policy.subject, request), "subject")
+        material = {
+            name: normalize_value(_extract(extractor, request), policy.normalization)
+            for name, extractor in policy.key.items()
+        }
+        scope = Scope(tenant, subject)
+        try:
+            key = self.keyspace.entry_key(
+                scope, route=policy.route, method=request.method, material=material
+            )
+        except (TypeError, ValueError) as error:
+            raise BadRequest("extractor_error") from error
+        return RequestFacts(policy, scope, key, self.keyspace.generation_keys(scope))
+
+    async def lookup(self, facts: RequestFacts) -> Found:
+        """One round trip: the entry if it exists, decodes and is as new as its generations."""
+        try:
+            found = await self.store.lookup(facts.key, facts.generation_keys)
+        except StoreError:
+            return Found(None, None)
+        if found.value is None:
+            return Found(None, found.generations)
+        try:
+            entry = decode_entry(found.value)
+        except CorruptEntry:
+            self.metrics.corrupt_entries.labels(LAYER).inc()
+            await self._delete(facts.key)
+            return Found(None, found.generations)
+        if MISSING_GENERATION in found.generations or entry.generations != found.generations:
+            return Found(None, found.generations)
+        return Found(entry, found.generations)
+
+    async def start_generations(self, found: Found, facts: RequestFacts) -> tuple[int, ...] | None:
+        """The generations a fresh computation starting now is stored under (None: not stored).
+
+        Missing generations are created before the computation starts, never after it: an
+        invalidation during the computation must move them past what the entry records.
+        """
+        if found.generations is None:
+            return None
+        if MISSING_GENERATION not in found.generations:
+            return found.generations
+        try:
+            return await self.store.generations(facts.generation_keys)
+        except StoreError:
+            return None
+
+    async def fill(
+        self,
+        facts: RequestFacts,
+        generations: tuple[int, ...],
+        *,
+        status: int,
+        headers: tuple[tuple[bytes, bytes], ...],
+        body: bytes,
+    ) -> Entry | None:
+        """Store a fresh response under the generations read before it was computed."""
+        entry = Entry(status, headers, body, generations)
+        data = encode_entry(entry)
+        if len(data) > self.max_entry_bytes:
+            self.metrics.uncacheable.labels("too_large").inc()
+            return None
+        self.metrics.entry_size.labels(LAYER).observe(len(data))
+        try:
+            await self.store.write(facts.key, data, facts.policy.ttl)
+        except StoreError:
+            return entry
+        return entry
+
+    async def drop(self, facts: RequestFacts) -> None:
+        """Delete a request's entry (a verified-stale one); store errors are ignored."""
+        await self._delete(facts.key)
+
+    async def _delete(self, key: str) -> None:
+        try:
+            await self.store.delete(key)
+        except StoreError:
+            return
+
+
+def _extract(extractor: Extractor, request: RequestView) -> object:
+    """Call an extractor; anything but `BadRequest` it raises is an `extractor_error`."""
+    try:
+        return extractor(request)
+    except BadRequest:
+        raise
+    except Exception as error:
+        raise BadRequest("extractor_error") from error

@@ -1,0 +1,74 @@
+"""Shared fixtures: one store contract, run on `MemoryStore` and on the real Redis.
+
+Redis tests use a namespace of their own and delete only its keys; they never flush the shared
+server. Under `CI=true` a Redis that does not answer fails the run instead of skipping.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import AsyncIterator
+
+import pytest
+import redis
+
+from cachegate.store import MemoryStore, RedisStore, Store
+
+REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
+IN_CI = os.environ.get("CI", "").lower() == "true"
+
+
+def missing(component: str) -> None:
+    """Skip locally, fail under CI: a missing component is never silently skipped in CI."""
+    message = f"{component} is not available"
+    if IN_CI:
+        pytest.fail(message + " (CI=true: missing components fail)")
+    pytest.skip(message)
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture
+def namespace() -> str:
+    """A namespace no other test or run uses, so keys never collide."""
+    return f"cgtest-{uuid.uuid4().hex[:12]}"
+
+
+def delete_namespace(url: str, namespace: str) -> None:
+    """Delete this test's keys (only those) from a Redis."""
+    client = redis.Redis.from_url(url)
+    try:
+        keys = list(client.scan_iter(match=f"{namespace}:*", count=1000))
+        if keys:
+            client.delete(*keys)
+    finally:
+        client.close()
+
+
+@pytest.fixture
+def redis_url() -> str:
+    """The shared Redis, checked to answer."""
+    try:
+        redis.Redis.from_url(REDIS_URL, socket_connect_timeout=1).ping()
+    except redis.RedisError:
+        missing(f"Redis at {REDIS_URL}")
+    return REDIS_URL
+
+
+@pytest.fixture(params=["memory", "redis"])
+async def store(request: pytest.FixtureRequest, namespace: str) -> AsyncIterator[Store]:
+    """Each store implementation in turn; Redis keys are cleaned up after the test."""
+    if request.param == "memory":
+        yield MemoryStore()
+        return
+    url = request.getfixturevalue("redis_url")
+    redis_store = RedisStore.from_url(url, deadline=1.0)
+    try:
+        yield redis_store
+    finally:
+        await redis_store.aclose()
+        delete_namespace(url, namespace)
