@@ -392,6 +392,17 @@ def test_rollout_from_env_connected_holds_the_bootstrap_until_started() -> None:
         rollout_from_env(environ={"UNLEASH_URL": "http://127.0.0.1:9/api"})
 
 
+@pytest.mark.anyio
+async def test_a_connected_source_closed_before_start_never_starts() -> None:
+    settings_ = UnleashSettings(url="http://127.0.0.1:9/api", api_token="t", instance_id="closed")
+    source = UnleashFlags.connect(settings_, bootstrap=stage_path("l2"))
+    await source.aclose()
+    await source.start(wait=0.5)
+    assert not source.started
+    assert source.polls == 0
+    assert FlagRollout(source).decide("workspace-1") == SHADOW_SERVE
+
+
 def test_settings_from_env() -> None:
     settings_ = UnleashSettings.from_env(
         {

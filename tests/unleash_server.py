@@ -58,16 +58,22 @@ BOOT_TIMEOUT = 60.0
 
 
 class UnleashUnavailable(RuntimeError):
-    """A component the server needs (node, npm, PostgreSQL) is missing or broken."""
+    """A component the server needs (node, npm, PostgreSQL) is missing: skip, or fail in CI."""
+
+
+class UnleashFailed(RuntimeError):
+    """The components are there but the server did not come up: always a failure."""
 
 
 def install_unleash() -> Path:
     """Install `unleash-server@UNLEASH_VERSION` into `.cache/unleash` unless it is there."""
+    if shutil.which("node") is None:
+        raise UnleashUnavailable("node is needed to run the Unleash server")
     if _installed_version() == UNLEASH_VERSION:
         return SERVER_JS
     npm = shutil.which("npm")
-    if npm is None or shutil.which("node") is None:
-        raise UnleashUnavailable("node and npm are needed to run the Unleash server")
+    if npm is None:
+        raise UnleashUnavailable(f"npm is needed to install unleash-server@{UNLEASH_VERSION}")
     INSTALL_DIR.mkdir(parents=True, exist_ok=True)
     with (INSTALL_DIR / ".install.lock").open("w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
@@ -211,7 +217,7 @@ class UnleashServer:
         while time.monotonic() < deadline:
             assert self._process is not None
             if self._process.poll() is not None:
-                raise UnleashUnavailable(f"Unleash exited at start:\n{self._log_tail()}")
+                raise UnleashFailed(f"Unleash exited at start:\n{self._log_tail()}")
             try:
                 if httpx.get(f"{self.url}/health", timeout=1).status_code == 200:
                     return
@@ -219,7 +225,7 @@ class UnleashServer:
                 pass
             time.sleep(0.2)
         self.stop()
-        raise UnleashUnavailable(f"Unleash did not answer in {BOOT_TIMEOUT} s:\n{self._log_tail()}")
+        raise UnleashFailed(f"Unleash did not answer in {BOOT_TIMEOUT} s:\n{self._log_tail()}")
 
     def _log_tail(self) -> str:
         try:

@@ -410,6 +410,7 @@ class UnleashFlags:
         self._cache = cache
         self._thread: threading.Thread | None = None
         self._started = threading.Event()
+        self._closed = False
 
     @classmethod
     def connect(cls, settings: UnleashSettings, *, bootstrap: Path | None = None) -> UnleashFlags:
@@ -459,6 +460,8 @@ class UnleashFlags:
 
         Returns at once by default: requests are decided on the bootstrap flags meanwhile.
         """
+        if self._closed:
+            return
         if self._thread is None:
             self._thread = threading.Thread(
                 target=self._initialise, name="cachegate-unleash-start", daemon=True
@@ -476,8 +479,11 @@ class UnleashFlags:
             self._started.set()
 
     def close(self) -> None:
-        """Stop polling and reporting (blocks until a running fetch ends)."""
-        self._client.destroy()
+        """Stop polling and reporting (blocks until a running fetch ends); a source never
+        started has nothing to stop and will not start afterwards."""
+        self._closed = True
+        if self._thread is not None:
+            self._client.destroy()
 
     async def aclose(self) -> None:
         """`close()` in a thread, so that the event loop never waits on a fetch."""
