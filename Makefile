@@ -19,8 +19,15 @@ install: $(STAMP)
 run: install
 	$(BIN)/cachegate serve --host $(HOST) --port $(PORT)
 
+UNLEASH_VERSION := 7.5.1
+UNLEASH := .cache/unleash/node_modules/unleash-server/package.json
+
+# The Unleash server the end-to-end tests start (pinned; npm, into an ignored folder).
+$(UNLEASH):
+	npm install --prefix .cache/unleash --no-audit --no-fund --loglevel=error unleash-server@$(UNLEASH_VERSION)
+
 # Debian packages the suite uses (promtool and prometheus); installed only when missing.
-system-deps:
+system-deps: $(UNLEASH)
 	@command -v promtool >/dev/null && command -v prometheus >/dev/null || \
 		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus)
 	@command -v redis-server >/dev/null || \

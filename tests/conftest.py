@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 import redis
+from unleash_server import unleash_server  # noqa: F401  (the session's real Unleash server)
 
 from cachegate.store import MemoryStore, RedisStore, Store
 

@@ -9,7 +9,7 @@ from typing import Any
 
 from cachegate.invalidation import Invalidator
 from cachegate.keys import KeySpace, Scope
-from cachegate.metrics import PATHS, Metrics, default_metrics
+from cachegate.metrics import Metrics, default_metrics
 from cachegate.policy import Policy, Router, WriteRule
 from cachegate.results import ResultCache
 from cachegate.rollout import Rollout, StaticRollout
@@ -78,9 +78,9 @@ class CacheGate:
         self.noise_sample_rate = noise_sample_rate
         self.sample = sample
         self._background: set[asyncio.Task[None]] = set()
-        for policy in policies:
-            for path in PATHS:
-                self.metrics.query_duration.labels(policy.route, path)
+        self.metrics.initialise_routes(
+            [policy.route for policy in policies], [rule.reason for rule in write_rules]
+        )
 
     async def invalidate(
         self, tenant: str, subject: str | None = None, *, reason: str = "api"

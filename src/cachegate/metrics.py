@@ -70,6 +70,7 @@ class Metrics:
         namespace: str = "cachegate",
         registry: CollectorRegistry | None = REGISTRY,
         routes: Sequence[str] = (),
+        invalidation_reasons: Sequence[str] = (),
     ) -> None:
         self.namespace = namespace
         ns = namespace
@@ -138,7 +139,7 @@ class Metrics:
         )
         self.store_duration = Histogram(
             "store_operation_duration_seconds",
-            "Store call latency by operation.",
+            "Latency of successful store calls by operation (failures: store_failures_total).",
             ["operation"],
             namespace=ns,
             registry=reg,
@@ -156,7 +157,7 @@ class Metrics:
             "1 while the store's circuit breaker is open or half-open, else 0.",
             namespace=ns,
             registry=reg,
-            multiprocess_mode="max",
+            multiprocess_mode="livemax",
         )
         self.single_flight = Counter(
             "single_flight_waits",
@@ -201,9 +202,9 @@ class Metrics:
             namespace=ns,
             registry=reg,
         )
-        self._initialise(routes)
+        self._initialise(routes, invalidation_reasons)
 
-    def _initialise(self, routes: Iterable[str]) -> None:
+    def _initialise(self, routes: Iterable[str], reasons: Iterable[str]) -> None:
         """Create every known labelled series at zero, so rates and ratios exist from the start."""
         for layer in LAYERS:
             for counter in (
@@ -215,6 +216,7 @@ class Metrics:
                 self.cost_avoided,
             ):
                 counter.labels(layer)
+            self.entry_size.labels(layer)
             for result in ("hit", "miss"):
                 self.shadow_lookups.labels(layer, result)
             for mode in MODES:
@@ -232,10 +234,16 @@ class Metrics:
                 self.store_failures.labels(operation, kind)
         for outcome in SINGLE_FLIGHT_OUTCOMES:
             self.single_flight.labels(outcome)
+        self.initialise_routes(routes, reasons)
+        self.breaker_open.set(0)
+
+    def initialise_routes(self, routes: Iterable[str], reasons: Iterable[str] = ()) -> None:
+        """Create the per-route and per-invalidation-reason series at zero."""
         for route in routes:
             for path in PATHS:
                 self.query_duration.labels(route, path)
-        self.breaker_open.set(0)
+        for reason in ("api", *reasons):
+            self.invalidations.labels(reason)
 
 
 _defaults: dict[str, Metrics] = {}

@@ -35,6 +35,7 @@ Message = MutableMapping[str, Any]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope_, Receive, Send], Awaitable[None]]
 
+EMBEDDING_LAYER = "embedding"
 STATE_KEY = "cachegate"
 """The decision is at `request.state.cachegate` (and in `cachegate.current_decision()`)."""
 
@@ -111,6 +112,7 @@ class CacheResponder:
             return await self._bypass(reason, OFF, scope, replayed, send)
         decision = gate.rollout.decide(tenant)
         gate.metrics.decisions.labels(LAYER, decision.l1.value).inc()
+        gate.metrics.decisions.labels(EMBEDDING_LAYER, decision.l2.value).inc()
         if decision.l1 is Mode.OFF:
             return await self._bypass("mode_off", decision, scope, replayed, send)
         if self.policy.honor_request_no_cache and request_refuses_cache(headers):
@@ -201,6 +203,7 @@ class CacheResponder:
             gate.metrics.single_flight.labels(outcome).inc()
             if shared is not None:
                 self.path = "hit"
+                gate.metrics.hits.labels(LAYER).inc()
                 await replay(send, shared.status, shared.headers, shared.body, b"hit")
                 return
             gate.metrics.misses.labels(LAYER).inc()
