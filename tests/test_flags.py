@@ -12,7 +12,6 @@ from typing import Any
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from prometheus_client import CollectorRegistry
 from UnleashClient.constants import ETAG, FEATURES_URL
 from UnleashClient.utils import normalized_hash
 
@@ -34,7 +33,6 @@ from cachegate.flags import (
     stage_path,
     stages,
 )
-from cachegate.metrics import Metrics
 from cachegate.rollout import OFF, Decision, Mode
 
 TENANTS = [f"workspace-{i}" for i in range(2000)]
@@ -357,21 +355,7 @@ def test_verify_with_constraints_is_evaluated_by_the_sdk() -> None:
     assert not rollout.decide("workspace-4").verify
 
 
-# --- metrics and configuration -----------------------------------------------------------------
-
-
-def test_decisions_are_counted_per_layer_and_mode() -> None:
-    registry = CollectorRegistry()
-    metrics = Metrics(registry=registry)
-    rollout = FlagRollout(OfflineFlags.from_file(stage_path("l2")), metrics=metrics)
-    for tenant in [*TENANTS[:30], None]:
-        rollout.decide(tenant)
-    value = registry.get_sample_value
-    assert (
-        value("cachegate_decisions_total", {"cache_layer": "query_result", "mode": "shadow"}) == 30
-    )
-    assert value("cachegate_decisions_total", {"cache_layer": "embedding", "mode": "serve"}) == 30
-    assert value("cachegate_decisions_total", {"cache_layer": "embedding", "mode": "off"}) == 1
+# --- configuration -----------------------------------------------------------------
 
 
 def test_rollout_from_env_offline_uses_the_named_stage() -> None:

@@ -126,6 +126,9 @@ async def test_metrics_have_no_tenant_data_and_start_at_zero() -> None:
     exposition = generate_latest(registry).decode()
     assert 'cachegate_cache_hits_total{cache_layer="query_result"} 1.0' in exposition
     assert 'cachegate_cache_invalidations_total{reason="write"} 1.0' in exposition
+    for layer in ("query_result", "embedding"):
+        labels = {"cache_layer": layer, "mode": "serve"}
+        assert registry.get_sample_value("cachegate_decisions_total", labels) == 2
     for secret in (TENANT, QUESTION, ANSWER, "client-secret-42"):
         assert secret not in exposition
 

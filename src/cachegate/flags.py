@@ -33,13 +33,11 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol
 
-from prometheus_client import Counter
 from UnleashClient.cache import BaseCache
 from UnleashClient.clients.unleash_client import UnleashClient
 from UnleashClient.constants import ETAG, FEATURES_URL
 from UnleashClient.utils import InstanceAllowType
 
-from cachegate.metrics import LAYERS, Metrics
 from cachegate.rollout import OFF, Decision, Mode
 
 __all__ = [
@@ -527,7 +525,6 @@ class FlagRollout:
         self,
         source: FlagSource,
         *,
-        metrics: Metrics | None = None,
         rng: Callable[[], float] = random.random,
         memo_size: int = 10_000,
     ) -> None:
@@ -537,13 +534,6 @@ class FlagRollout:
         self._memo_size = memo_size
         self._memo = _Memo(-1)
         self._failed_version = -1
-        self._counters: dict[tuple[int, Mode], Counter] | None = None
-        if metrics is not None:
-            self._counters = {
-                (index, mode): metrics.decisions.labels(layer, mode.value)
-                for index, layer in enumerate(LAYERS)
-                for mode in Mode
-            }
 
     @property
     def source(self) -> FlagSource:
@@ -568,10 +558,6 @@ class FlagRollout:
             if version != self._failed_version:
                 self._failed_version = version
                 logger.warning("flag evaluation failed: every layer off", exc_info=True)
-        counters = self._counters
-        if counters is not None:
-            counters[0, decision.l1].inc()
-            counters[1, decision.l2].inc()
         return decision
 
     def _decide(self, tenant: str) -> Decision:
@@ -627,7 +613,6 @@ class FlagRollout:
 def rollout_from_env(
     stage_file: Path | None = None,
     *,
-    metrics: Metrics | None = None,
     environ: Mapping[str, str] | None = None,
 ) -> FlagRollout:
     """A `FlagRollout` configured from the environment.
@@ -645,7 +630,7 @@ def rollout_from_env(
         source = UnleashFlags.connect(UnleashSettings.from_env(env), bootstrap=stage_file)
     else:
         source = OfflineFlags.from_file(stage_file)
-    return FlagRollout(source, metrics=metrics)
+    return FlagRollout(source)
 
 
 # --- measuring the per-request cost -----------------------------------------------------------
