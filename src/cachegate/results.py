@@ -66,16 +66,17 @@ class ResultCache:
         subject = None
         if policy.subject is not None:
             subject = _text(_extract(policy.subject, request), "subject")
-        material = {
-            name: normalize_value(_extract(extractor, request), policy.normalization)
-            for name, extractor in policy.key.items()
-        }
         scope = Scope(tenant, subject)
         try:
+            material = {
+                name: normalize_value(_extract(extractor, request), policy.normalization)
+                for name, extractor in policy.key.items()
+            }
             key = self.keyspace.entry_key(
                 scope, route=policy.route, method=request.method, material=material
             )
-        except (TypeError, ValueError) as error:
+        except (TypeError, ValueError, RecursionError) as error:
+            # deeply nested JSON parses, but normalising or encoding it can recurse too deep
             raise BadRequest("extractor_error") from error
         return RequestFacts(policy, scope, key, self.keyspace.generation_keys(scope))
 
