@@ -57,14 +57,18 @@ def canonical_json(value: object) -> bytes:
     """Deterministic JSON bytes of a JSON-like value (sorted keys, no spaces, no NaN)."""
     return json.dumps(
         value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
-    ).encode("utf-8")
+    ).encode("utf-8", "surrogatepass")
 
 
 def digest(parts: Iterable[bytes | str]) -> str:
-    """Hex SHA-256 over length-prefixed parts, so no two part lists encode alike."""
+    """Hex SHA-256 over length-prefixed parts, so no two part lists encode alike.
+
+    Text is UTF-8 with lone surrogates passed through (JSON may carry them as `\\ud800`), so
+    every `str` has exactly one encoding and keying never fails on one.
+    """
     hasher = hashlib.sha256()
     for part in parts:
-        data = part.encode("utf-8") if isinstance(part, str) else part
+        data = part.encode("utf-8", "surrogatepass") if isinstance(part, str) else part
         hasher.update(len(data).to_bytes(8, "big"))
         hasher.update(data)
     return hasher.hexdigest()
