@@ -622,3 +622,20 @@ def test_limits_are_checked() -> None:
     with pytest.raises(ValueError):
         CachedEmbedder(client, store, namespace="bad:name")
     assert math.isclose(CachedEmbedder(client, store).shadow_threshold, 0.999)
+
+
+async def test_the_request_tenant_of_the_middleware_is_the_default_scope(
+    client: cohere.AsyncClientV2, store: Store, namespace: str, server: CohereServer
+) -> None:
+    """Inside a CacheGate request the embedder needs no tenant argument or callable."""
+    from cachegate.rollout import Decision, using_decision
+
+    cached = CachedEmbedder(client, store, namespace=namespace)
+    serve = Decision(l1=Mode.SERVE, l2=Mode.SERVE)
+    with using_decision(serve, "workspace-a"):
+        await cached.embed(texts=["hello"], model=MODEL, input_type=QUERY)
+        await cached.embed(texts=["hello"], model=MODEL, input_type=QUERY)
+    with using_decision(serve, "workspace-b"):
+        await cached.embed(texts=["hello"], model=MODEL, input_type=QUERY)
+    assert (cached.stats.hits, cached.stats.misses) == (1, 2)
+    assert [call.texts for call in server.calls] == [["hello"], ["hello"]]

@@ -36,7 +36,7 @@ from cohere.types import (
 
 from cachegate.keys import KEY_SCHEMA_VERSION, KeySpace, Normalization, digest, normalize_text
 from cachegate.metrics import Metrics
-from cachegate.rollout import Mode, current_decision
+from cachegate.rollout import Mode, current_decision, current_tenant
 from cachegate.store.base import Store
 from cachegate.vectors import (
     CorruptVector,
@@ -295,6 +295,8 @@ class _Core:
                 tenant = self.tenant_of()
             except Exception as error:
                 log.warning("embedding cache: tenant callable failed: %s", type(error).__name__)
+        if tenant is None and self.scope == "tenant":
+            tenant = current_tenant()
         return mode, tenant
 
     async def run(
@@ -725,7 +727,8 @@ class CachedEmbedder:
 
     `await embedder.embed(texts=..., model=..., input_type=..., ...)` takes the client's
     arguments and returns its `EmbedByTypeResponse`. The tenant comes from `tenant=` on the call,
-    else from the `tenant` callable (read in the caller's context); with the default
+    else from the `tenant` callable (read in the caller's context), else from the CacheGate
+    request being handled (`cachegate.rollout.current_tenant()`); with the default
     `scope="tenant"` a call without a tenant is not cached. `scope="global"` shares vectors
     across tenants and must be chosen explicitly.
     """

@@ -114,9 +114,9 @@ class CacheResponder:
         gate.metrics.decisions.labels(LAYER, decision.l1.value).inc()
         gate.metrics.decisions.labels(EMBEDDING_LAYER, decision.l2.value).inc()
         if decision.l1 is Mode.OFF:
-            return await self._bypass("mode_off", decision, scope, replayed, send)
+            return await self._bypass("mode_off", decision, scope, replayed, send, tenant)
         if self.policy.honor_request_no_cache and request_refuses_cache(headers):
-            return await self._bypass("request_no_cache", decision, scope, replayed, send)
+            return await self._bypass("request_no_cache", decision, scope, replayed, send, tenant)
         try:
             facts = gate.results.facts(self.policy, request, tenant)
         except BadRequest as error:
@@ -124,22 +124,30 @@ class CacheResponder:
         else:
             reason = ""
         if reason:
-            return await self._bypass(reason, decision, scope, replayed, send)
+            return await self._bypass(reason, decision, scope, replayed, send, tenant)
         if gate.invalidator.is_pending(facts.scope):
-            return await self._bypass("invalidation_pending", decision, scope, replayed, send)
+            return await self._bypass(
+                "invalidation_pending", decision, scope, replayed, send, tenant
+            )
         _remember(scope, decision)
-        with using_decision(decision):
+        with using_decision(decision, tenant):
             if decision.l1 is Mode.SERVE:
                 await self._serve(facts, decision, scope, body, replayed, send)
             else:
                 await self._shadow(facts, scope, body, replayed, send)
 
     async def _bypass(
-        self, reason: str, decision: Decision, scope: Scope_, receive: Receive, send: Send
+        self,
+        reason: str,
+        decision: Decision,
+        scope: Scope_,
+        receive: Receive,
+        send: Send,
+        tenant: str | None = None,
     ) -> None:
         self.gate.metrics.bypasses.labels(reason).inc()
         _remember(scope, decision)
-        with using_decision(decision):
+        with using_decision(decision, tenant):
             await self.app(scope, receive, add_header(send, b"bypass"))
 
     async def _lookup(self, facts: RequestFacts, mode: Mode) -> Found:

@@ -58,6 +58,7 @@ class StaticRollout:
 
 
 _current: ContextVar[Decision | None] = ContextVar("cachegate_decision", default=None)
+_tenant: ContextVar[str | None] = ContextVar("cachegate_tenant", default=None)
 
 
 def current_decision() -> Decision | None:
@@ -65,11 +66,18 @@ def current_decision() -> Decision | None:
     return _current.get()
 
 
+def current_tenant() -> str | None:
+    """The tenant of the request being handled (the L2 embedder's default scope), or None."""
+    return _tenant.get()
+
+
 @contextmanager
-def using_decision(decision: Decision) -> Iterator[None]:
-    """Make `decision` the current one for the duration of the block."""
+def using_decision(decision: Decision, tenant: str | None = None) -> Iterator[None]:
+    """Make `decision` (and `tenant`) the current ones for the duration of the block."""
     token = _current.set(decision)
+    tenant_token = _tenant.set(tenant)
     try:
         yield
     finally:
+        _tenant.reset(tenant_token)
         _current.reset(token)
