@@ -1,55 +1,321 @@
-"""The `cachegate` command: `serve` runs the demo service."""
+"""The `cachegate` command: run the demo, replay a rollout against it, move Unleash flags.
+
+Exit codes: 0 done; 1 the work failed (a server unreachable or refusing, requests with errors
+during a replay); 2 the command line or the environment is wrong (unknown stage, missing token).
+"""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, TextIO
 
-from cachegate.gate import CacheGate
-from cachegate.store.base import Store
-from cachegate.store.memory import MemoryStore
-from cachegate.store.redis import RedisStore
+from cachegate.demo import DEFAULT_EMBED_LATENCY, DEFAULT_LATENCY, DEFAULT_STAGE
+from cachegate.workload import Catalog, Mix
+
+if TYPE_CHECKING:
+    import httpx
+
+    from cachegate.replay import Switcher
+
+ADMIN_TOKEN_ENV = "UNLEASH_ADMIN_TOKEN"
+OK, FAILED, USAGE = 0, 1, 2
 
 
-def _store() -> Store:
-    """Redis when `REDIS_URL` is set, else the embedded `MemoryStore`."""
-    url = os.environ.get("REDIS_URL")
-    return RedisStore.from_url(url) if url else MemoryStore()
+class UsageError(Exception):
+    """The command line or the environment is wrong; the message says how to fix it."""
 
 
-def serve(args: argparse.Namespace) -> int:
-    """Run the demo service under uvicorn."""
+def _stage(name: str) -> str:
+    """A known stage name, or `UsageError` listing the stages."""
+    from cachegate.flags import UnknownStageError, stage_path
+
     try:
-        import uvicorn
+        stage_path(name)
+    except UnknownStageError as error:
+        raise UsageError(str(error)) from None
+    return name
 
-        from cachegate.demo.app import create_app, policies, write_rules
-    except ImportError as error:
-        print(f"cachegate serve needs the demo extra: pip install 'cachegate[demo]' ({error})")
-        return 2
-    gate = CacheGate(policies=policies(), write_rules=write_rules(), store=_store())
-    app = create_app(gate, latency=args.latency)
-    uvicorn.run(app, host=args.host, port=args.port, log_level="info")
-    return 0
+
+def _admin_token() -> str:
+    token = os.environ.get(ADMIN_TOKEN_ENV, "")
+    if not token:
+        raise UsageError(
+            f"an Unleash admin API token is needed: set {ADMIN_TOKEN_ENV} in the environment"
+        )
+    return token
+
+
+def _non_negative(text: str) -> float:
+    value = float(text)
+    if value < 0 or value != value:
+        raise argparse.ArgumentTypeError(f"must be a number >= 0, not {text!r}")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 1, not {text!r}")
+    return value
+
+
+def _ratio(text: str) -> float:
+    value = float(text)
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 1, not {text!r}")
+    return value
+
+
+# --- serve ---------------------------------------------------------------------------------------
+
+
+def serve(args: argparse.Namespace, err: TextIO) -> int:
+    """Run the demo service under uvicorn."""
+    import uvicorn
+
+    from cachegate.demo.service import DemoConfig, build_demo
+
+    stage = _stage(args.stage)
+    catalog = Catalog(workspaces=args.workspaces, clients=args.clients)
+    config = DemoConfig(
+        stage=stage, latency=args.latency, embed_latency=args.embed_latency, catalog=catalog
+    )
+    try:
+        demo = build_demo(config)
+    except ValueError as error:
+        raise UsageError(str(error)) from None
+    for part, description in demo.parts.items():
+        err.write(f"cachegate demo: {part}: {description}\n")
+    err.write(f"cachegate demo: http://{args.host}:{args.port}  (POST /ai/query, GET /metrics)\n")
+    uvicorn.run(
+        demo.app, host=args.host, port=args.port, log_level="info", access_log=args.access_log
+    )
+    return OK
+
+
+# --- replay --------------------------------------------------------------------------------------
+
+
+def replay(args: argparse.Namespace, err: TextIO) -> int:
+    """Drive the rollout workload through the target and print the measured tables."""
+    from cachegate import replay as rp
+    from cachegate.flagadmin import FlagAdminError
+
+    names = tuple(name.strip() for name in args.stages.split(",") if name.strip())
+    for name in names:
+        _stage(name)
+    try:
+        config = rp.ReplayConfig(
+            url=rp.check_loopback(args.url),
+            stages=names,
+            requests=args.requests,
+            duration=args.duration,
+            concurrency=args.concurrency,
+            seed=args.seed,
+            catalog=Catalog(workspaces=args.workspaces, clients=args.clients),
+            mix=Mix(write_ratio=args.write_ratio, near_duplicate_ratio=args.near_duplicates),
+            namespace=args.namespace,
+        )
+    except ValueError as error:
+        raise UsageError(str(error)) from None
+    switcher = _switcher(args)
+    progress = rp.Progress(None if args.quiet else err)
+    try:
+        results = asyncio.run(rp.replay(config, switcher=switcher, progress=progress))
+    except (rp.ReplayError, FlagAdminError) as error:
+        err.write(f"cachegate replay: {error}\n")
+        return FAILED
+    printed = False
+    if args.json is not None:
+        rp.write_output(rp.render_json(results, config), args.json)
+        printed = printed or args.json == "-"
+    if args.markdown is not None:
+        rp.write_output(rp.render_markdown(results), args.markdown)
+        printed = printed or args.markdown == "-"
+    if not printed:
+        sys.stdout.write(rp.render_text(results))
+    errors = sum(result.errors for result in results)
+    if errors:
+        err.write(f"cachegate replay: {errors} requests failed\n")
+        return FAILED
+    return OK
+
+
+def _switcher(args: argparse.Namespace) -> Callable[[httpx.AsyncClient], Switcher]:
+    """How the replay moves stages: the demo's endpoint, or Unleash with `--unleash-url`."""
+    from cachegate import replay as rp
+
+    if not args.unleash_url:
+        return rp.DemoSwitcher
+    token = _admin_token()
+    from cachegate.flagadmin import apply_stage
+
+    def apply(stage: str) -> None:
+        apply_stage(
+            args.unleash_url,
+            token,
+            stage,
+            project=args.unleash_project,
+            environment=args.unleash_environment,
+        )
+
+    settle = 20.0 if args.settle is None else args.settle
+
+    def unleash(_: httpx.AsyncClient) -> Switcher:
+        return rp.UnleashSwitcher(apply, settle=settle)
+
+    return unleash
+
+
+# --- flags ---------------------------------------------------------------------------------------
+
+
+def flags_apply(args: argparse.Namespace, err: TextIO) -> int:
+    """Move the flags on an Unleash server to a stage."""
+    from cachegate.flagadmin import FlagAdminError, apply_stage
+
+    stage = _stage(args.stage)
+    token = _admin_token()
+    try:
+        apply_stage(
+            args.unleash_url, token, stage, project=args.project, environment=args.environment
+        )
+    except FlagAdminError as error:
+        err.write(f"cachegate flags apply: {error}\n")
+        return FAILED
+    sys.stdout.write(
+        f"flags of project {args.project}, environment {args.environment}: stage {stage}\n"
+    )
+    return OK
+
+
+def flags_show(args: argparse.Namespace, err: TextIO) -> int:
+    """Print the CacheGate flags an Unleash server holds."""
+    from cachegate.flagadmin import FlagAdminError, show_flags
+
+    token = _admin_token()
+    try:
+        text = show_flags(args.unleash_url, token, project=args.project)
+    except FlagAdminError as error:
+        err.write(f"cachegate flags show: {error}\n")
+        return FAILED
+    sys.stdout.write(text + "\n")
+    return OK
+
+
+# --- the parser ----------------------------------------------------------------------------------
 
 
 def parser() -> argparse.ArgumentParser:
     """The command line."""
-    top = argparse.ArgumentParser(prog="cachegate", description=__doc__)
-    commands = top.add_subparsers(dest="command", required=True)
-    run = commands.add_parser("serve", help="run the demo service")
+    from cachegate.flags import STAGES
+
+    catalog = Catalog()
+    top = argparse.ArgumentParser(
+        prog="cachegate",
+        description="CacheGate: the demo service, the rollout replay, and Unleash flags.",
+    )
+    commands = top.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    stage_list = ", ".join(STAGES)
+
+    run = commands.add_parser("serve", help="run the demo service (what `make run` starts)")
     run.add_argument("--host", default="127.0.0.1")
     run.add_argument("--port", type=int, default=8000)
-    run.add_argument("--latency", type=float, default=0.3, help="seconds the simulated model takes")
+    run.add_argument(
+        "--stage",
+        default=os.environ.get("CACHEGATE_STAGE") or DEFAULT_STAGE,
+        help=f"flag stage from flags/ ({stage_list}); default $CACHEGATE_STAGE or {DEFAULT_STAGE}",
+    )
+    run.add_argument(
+        "--latency",
+        type=_non_negative,
+        default=DEFAULT_LATENCY,
+        help=f"seconds the simulated model takes per answer (default {DEFAULT_LATENCY})",
+    )
+    run.add_argument(
+        "--embed-latency",
+        type=_non_negative,
+        default=DEFAULT_EMBED_LATENCY,
+        help=f"seconds a local embedding call takes (default {DEFAULT_EMBED_LATENCY})",
+    )
+    run.add_argument("--workspaces", type=_positive_int, default=catalog.workspaces)
+    run.add_argument("--clients", type=_positive_int, default=catalog.clients)
+    run.add_argument("--access-log", action="store_true", help="log every request (paths only)")
     run.set_defaults(handler=serve)
+
+    rep = commands.add_parser(
+        "replay", help="drive a rollout workload through a service and print what it measured"
+    )
+    rep.add_argument("--url", default="http://127.0.0.1:8000", help="target (loopback only)")
+    rep.add_argument(
+        "--stages", default=",".join(STAGES), help=f"comma-separated (default {stage_list})"
+    )
+    rep.add_argument("--requests", type=_positive_int, default=400, help="per stage at most")
+    rep.add_argument("--duration", type=float, default=120.0, help="seconds per stage at most")
+    rep.add_argument("--concurrency", type=_positive_int, default=16)
+    rep.add_argument("--seed", type=int, default=1)
+    rep.add_argument("--workspaces", type=_positive_int, default=catalog.workspaces)
+    rep.add_argument("--clients", type=_positive_int, default=catalog.clients)
+    rep.add_argument("--write-ratio", type=_ratio, default=0.05, help="share of session writes")
+    rep.add_argument(
+        "--near-duplicates", type=_ratio, default=0.15, help="share of case/space variants"
+    )
+    rep.add_argument("--namespace", default="cachegate", help="the target's metrics prefix")
+    rep.add_argument(
+        "--json", nargs="?", const="-", metavar="PATH", help="JSON (- or no PATH: stdout)"
+    )
+    rep.add_argument(
+        "--markdown", nargs="?", const="-", metavar="PATH", help="markdown (- or no PATH: stdout)"
+    )
+    rep.add_argument(
+        "--unleash-url", help=f"move stages on this Unleash server (token: ${ADMIN_TOKEN_ENV})"
+    )
+    rep.add_argument("--unleash-project", default="default")
+    rep.add_argument("--unleash-environment", default="development")
+    rep.add_argument(
+        "--settle",
+        type=_non_negative,
+        help="seconds to wait after moving Unleash flags (default 20)",
+    )
+    rep.add_argument("--quiet", action="store_true", help="no progress line")
+    rep.set_defaults(handler=replay)
+
+    flags = commands.add_parser("flags", help="move or show the flags on an Unleash server")
+    actions = flags.add_subparsers(dest="action", required=True, metavar="ACTION")
+    apply = actions.add_parser(
+        "apply", help=f"move the flags to a stage (token: ${ADMIN_TOKEN_ENV})"
+    )
+    apply.add_argument("--stage", required=True, help=stage_list)
+    apply.add_argument("--unleash-url", required=True)
+    apply.add_argument("--project", default="default")
+    apply.add_argument("--environment", default="development")
+    apply.set_defaults(handler=flags_apply)
+    show = actions.add_parser("show", help=f"print the flags (token: ${ADMIN_TOKEN_ENV})")
+    show.add_argument("--unleash-url", required=True)
+    show.add_argument("--project", default="default")
+    show.set_defaults(handler=flags_show)
     return top
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, *, err: TextIO | None = None) -> int:
     """Entry point of the `cachegate` command."""
-    args = parser().parse_args(argv)
-    result: int = args.handler(args)
+    stream = err if err is not None else sys.stderr
+    try:
+        args = parser().parse_args(argv)
+        result: int = args.handler(args, stream)
+    except UsageError as error:
+        command = " ".join(filter(None, (args.command, getattr(args, "action", None))))
+        stream.write(f"cachegate {command}: {error}\n")
+        return USAGE
+    except ImportError as error:
+        stream.write(
+            f"cachegate: a dependency is missing ({error.name}): pip install 'cachegate[demo]'\n"
+        )
+        return USAGE
     return result
 
 

@@ -1,0 +1,128 @@
+"""Assembling the demo service from its configuration and the environment.
+
+Embedded defaults: `MemoryStore`, flags from the stage files in `flags/`, the local deterministic
+embedder. Real parts when configured: `REDIS_URL` (a `RedisStore`), `UNLEASH_URL` with
+`UNLEASH_API_TOKEN` (a connected `FlagRollout`, bootstrapped from the stage file and started in
+the app's lifespan without blocking the loop), `CO_API_KEY` (Cohere).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from prometheus_client import REGISTRY, CollectorRegistry
+from starlette.applications import Starlette
+
+from cachegate.demo import DEFAULT_EMBED_LATENCY, DEFAULT_LATENCY, DEFAULT_STAGE
+from cachegate.demo.app import Notes, create_app, demo_metrics, policies, write_rules
+from cachegate.demo.embedder import MeteredClient, embed_client
+from cachegate.demo.stages import StageControl
+from cachegate.embeddings import CachedEmbedder
+from cachegate.flags import UnleashFlags, UnleashSettings, stage_path
+from cachegate.gate import CacheGate
+from cachegate.keys import Normalization
+from cachegate.metrics import Metrics, default_metrics
+from cachegate.store.base import Store
+from cachegate.store.memory import MemoryStore
+from cachegate.store.redis import RedisStore
+from cachegate.workload import Catalog
+
+
+@dataclass(frozen=True)
+class DemoConfig:
+    """What `cachegate serve` can set on the command line."""
+
+    stage: str = DEFAULT_STAGE
+    latency: float = DEFAULT_LATENCY
+    embed_latency: float = DEFAULT_EMBED_LATENCY
+    catalog: Catalog = field(default_factory=Catalog)
+    namespace: str = "cachegate"
+    noise_sample_rate: float = 0.01
+    """Share of shadow requests computed twice to measure the noise baseline."""
+
+    def __post_init__(self) -> None:
+        if self.latency < 0 or self.embed_latency < 0:
+            raise ValueError("latencies must not be negative")
+
+
+@dataclass
+class Demo:
+    """The assembled service and what it is made of (for the startup line and tests)."""
+
+    app: Starlette
+    gate: CacheGate
+    stages: StageControl
+    embedder: CachedEmbedder
+    parts: dict[str, str]
+
+
+def build_demo(
+    config: DemoConfig,
+    *,
+    environ: Mapping[str, str] | None = None,
+    registry: CollectorRegistry = REGISTRY,
+) -> Demo:
+    """The demo for `config`, with the real parts the environment configures.
+
+    Raises `UnknownStageError` for an unknown stage and `ValueError` for an incomplete Unleash
+    configuration. Nothing connects until the app starts.
+    """
+    env = os.environ if environ is None else environ
+    metrics = default_metrics() if registry is REGISTRY else Metrics(registry=registry)
+    stages = _stages(config.stage, env)
+    store: Store
+    redis_url = env.get("REDIS_URL")
+    store = RedisStore.from_url(redis_url) if redis_url else MemoryStore()
+    gate = CacheGate(
+        policies=policies(),
+        write_rules=write_rules(),
+        store=store,
+        rollout=stages.rollout,
+        namespace=config.namespace,
+        metrics=metrics,
+        noise_sample_rate=config.noise_sample_rate,
+    )
+    client, model, provider = embed_client(env, latency=config.embed_latency)
+    metered = MeteredClient(client, demo_metrics(registry).embed_calls)
+    embedder = CachedEmbedder(
+        metered,
+        store,
+        namespace=config.namespace,
+        metrics=metrics,
+        normalization=Normalization.EXACT,
+    )
+    app = create_app(
+        gate,
+        latency=config.latency,
+        registry=registry,
+        notes=Notes.seeded(config.catalog),
+        embedder=embedder,
+        documents=metered,
+        model=model,
+        stages=stages,
+    )
+    catalog = config.catalog
+    parts = {
+        "store": "Redis (REDIS_URL)" if redis_url else "in-memory",
+        "flags": (
+            f"Unleash (UNLEASH_URL), bootstrap stage {config.stage}"
+            if stages.connected
+            else f"stage {config.stage} from flags/"
+        ),
+        "embeddings": f"{provider}, model {model}",
+        "data": (
+            f"{catalog.workspaces} workspaces x {catalog.clients} clients, "
+            f"{catalog.notes_per_client} synthetic notes each"
+        ),
+    }
+    return Demo(app=app, gate=gate, stages=stages, embedder=embedder, parts=parts)
+
+
+def _stages(stage: str, env: Mapping[str, str]) -> StageControl:
+    if not env.get("UNLEASH_URL"):
+        return StageControl.offline(stage)
+    settings = UnleashSettings.from_env(env)
+    source = UnleashFlags.connect(settings, bootstrap=stage_path(stage))
+    return StageControl(source, stage)
