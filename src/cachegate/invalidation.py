@@ -11,7 +11,7 @@ import logging
 
 from cachegate.keys import KeySpace, Scope
 from cachegate.metrics import Metrics
-from cachegate.store.base import Store, StoreError
+from cachegate.store.base import Store
 
 logger = logging.getLogger("cachegate.invalidation")
 
@@ -38,10 +38,13 @@ class Invalidator:
         self._retrying: asyncio.Task[None] | None = None
 
     async def invalidate(self, scope: Scope, reason: str = "api") -> bool:
-        """Invalidate every entry of `scope`; False if the store did not take it (kept pending)."""
+        """Invalidate every entry of `scope`; False if the store did not take it (kept pending).
+
+        Never raises: a write that succeeded must reach its client whatever the store does.
+        """
         try:
             await self.store.bump(self.keyspace.invalidation_keys(scope))
-        except StoreError:
+        except Exception:
             self._keep_pending(scope)
             if self.metrics is not None:
                 self.metrics.invalidation_failures.inc()
@@ -86,7 +89,7 @@ class Invalidator:
                         subjects.discard(subject)
                     if not subjects:
                         self._pending.pop(tenant, None)
-            except StoreError:
+            except Exception:
                 continue
 
     async def aclose(self) -> None:
