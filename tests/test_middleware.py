@@ -629,3 +629,45 @@ async def test_the_decision_reaches_the_app(store: Store, namespace: str) -> Non
     assert exchange.cachegate == "miss"
     assert seen == [(decision, decision)]
     assert current_decision() is None
+
+
+async def test_key_material_from_query_parameters_headers_and_path(namespace: str) -> None:
+    from cachegate import path_param, query_param
+
+    app = RecordingApp()
+    gate = CacheGate(
+        policies=[
+            Policy(
+                "/docs/{doc_id}/summary",
+                tenant=header("x-tenant"),
+                methods=frozenset({"GET"}),
+                key={
+                    "doc": path_param("doc_id"),
+                    "lang": query_param("lang"),
+                    "model": header("x-model"),
+                },
+            )
+        ],
+        namespace=namespace,
+        metrics=Metrics(registry=CollectorRegistry()),
+    )
+    cached = CacheGateMiddleware(app, gate)
+
+    async def get(doc: str, query: bytes, model: bytes, tenant: bytes = b"t1") -> str | None:
+        exchange = await drive(
+            cached,
+            method="GET",
+            path=f"/docs/{doc}/summary",
+            query_string=query,
+            headers=[(b"x-tenant", tenant), (b"x-model", model)],
+        )
+        return exchange.cachegate
+
+    assert await get("d1", b"lang=en", b"m1") == "miss"
+    assert await get("d1", b"lang=en&other=ignored", b"m1") == "hit"  # not key material
+    assert await get("d1", b"lang=de", b"m1") == "miss"
+    assert await get("d2", b"lang=en", b"m1") == "miss"
+    assert await get("d1", b"lang=en", b"m2") == "miss"
+    assert await get("d1", b"lang=en", b"m1", tenant=b"t2") == "miss"
+    assert await get("d1", b"lang=en", b"m1") == "hit"
+    assert app.calls == 5
