@@ -190,20 +190,29 @@ def test_an_incomplete_unleash_configuration_is_refused() -> None:
         demo("l2", {"UNLEASH_URL": "http://127.0.0.1:9/api"})
 
 
-def test_startup_indexes_every_seeded_note_in_batches() -> None:
-    service = demo("off")
-    with TestClient(service.app) as client:
+def test_notes_are_indexed_at_startup_and_when_written_never_per_query() -> None:
+    service = demo("off", catalog=Catalog(workspaces=10, clients=4, notes_per_client=3))
+    headers = {"X-Workspace-ID": "ws-001"}
+
+    def documents(client: TestClient) -> float:
         samples = Samples.parse(client.get("/metrics").text)
-        documents = samples.total("cachegate_demo_embed_calls_total", input_type="search_document")
-        assert documents == 1
-        client.post(
-            "/ai/query",
-            json={"query": "q", "client_id": "client-01"},
-            headers={"X-Workspace-ID": "ws-001"},
-        )
-        after = Samples.parse(client.get("/metrics").text)
-    calls = after.total("cachegate_demo_embed_calls_total", input_type="search_document")
-    assert calls == 1
+        return samples.total("cachegate_demo_embed_calls_total", input_type="search_document")
+
+    def query(client: TestClient) -> None:
+        body = {"query": "q", "client_id": "client-01"}
+        assert client.post("/ai/query", json=body, headers=headers).status_code == 200
+
+    with TestClient(service.app) as client:
+        assert documents(client) == 2  # 120 notes: batches of at most 96
+        query(client)
+        assert documents(client) == 2
+        body = {"client_id": "client-01", "notes": "S: new note."}
+        created = client.post("/sessions", json=body, headers=headers).json()["session_id"]
+        assert documents(client) == 3
+        client.put(f"/sessions/{created}", json={"notes": "S: changed."}, headers=headers)
+        assert documents(client) == 4
+        query(client)
+        assert documents(client) == 4
 
 
 def test_the_original_create_app_signature_still_works() -> None:

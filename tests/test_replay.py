@@ -46,6 +46,7 @@ from cachegate.workload import (
 )
 
 CATALOG = Catalog(workspaces=4, clients=3)
+CONCURRENCY = 6
 ALLOWED = {
     "off": {"bypass"},
     "dark-launch": {"shadow-hit", "shadow-miss"},
@@ -81,7 +82,12 @@ def target() -> Iterator[str]:
 @pytest.fixture(scope="module")
 def results(target: str) -> dict[str, StageResult]:
     config = ReplayConfig(
-        url=target, requests=60, concurrency=6, seed=7, catalog=CATALOG, mix=Mix(write_ratio=0.1)
+        url=target,
+        requests=60,
+        concurrency=CONCURRENCY,
+        seed=7,
+        catalog=CATALOG,
+        mix=Mix(write_ratio=0.1),
     )
     stream = io.StringIO()
     measured = asyncio.run(replay(config, progress=Progress(stream, live=False)))
@@ -107,8 +113,30 @@ def test_every_stage_adds_up(results: dict[str, StageResult], stage: str) -> Non
     assert r.l1.calls_avoided <= r.l1.hits
     assert r.l1.cost_avoided == pytest.approx(r.l1.calls_avoided * 0.017)
     for agreement in r.agreement.values():
-        assert agreement.mismatch == agreement.error == 0
+        # A write landing while a comparison's fresh answer is computed changes the answer:
+        # a race with that write, at most one per other request in flight. Without writes
+        # there is none (test_without_writes_cached_answers_always_agree_with_fresh).
+        assert agreement.error == 0
+        assert agreement.mismatch <= r.writes * (CONCURRENCY - 1)
     assert r.latency["all"].count == r.queries
+
+
+def test_without_writes_cached_answers_always_agree_with_fresh(target: str) -> None:
+    config = ReplayConfig(
+        url=target,
+        stages=("dark-launch", "l1-100", "l1-50"),
+        requests=40,
+        concurrency=4,
+        seed=11,
+        catalog=CATALOG,
+        mix=Mix(write_ratio=0.0),
+    )
+    measured = asyncio.run(replay(config))
+    compared = sum(a.compared for r in measured for a in r.agreement.values())
+    assert compared > 0
+    for r in measured:
+        assert r.writes == 0
+        assert all(a.match == a.compared for a in r.agreement.values())
 
 
 def test_off_serves_nothing_cached(results: dict[str, StageResult]) -> None:
@@ -127,7 +155,7 @@ def test_dark_launch_looks_up_but_serves_fresh(results: dict[str, StageResult]) 
     assert dark.l2.shadow_hits + dark.l2.shadow_misses == dark.model_calls
     assert dark.embed_calls == dark.model_calls
     assert dark.cost_avoided == 0
-    assert dark.agreement["l1-shadow"].match == dark.l1.shadow_hits
+    assert dark.agreement["l1-shadow"].compared == dark.l1.shadow_hits
 
 
 def test_l2_serves_embeddings_from_the_cache(results: dict[str, StageResult]) -> None:
@@ -229,9 +257,9 @@ def test_other_targets_are_refused(url: str) -> None:
 
 def test_percentiles_are_nearest_rank() -> None:
     p = Percentiles.of([float(i) for i in range(1, 101)])
-    assert p == Percentiles(100, 50.0, 95.0)
+    assert p == Percentiles(100, 50.0, 95.0, 50.5)
     assert Percentiles.of([]) is None
-    assert Percentiles.of([2.0]) == Percentiles(1, 2.0, 2.0)
+    assert Percentiles.of([2.0]) == Percentiles(1, 2.0, 2.0, 2.0)
 
 
 def test_samples_subtract_and_filter_by_labels() -> None:

@@ -108,11 +108,12 @@ class Samples:
 
 @dataclass(frozen=True)
 class Percentiles:
-    """Nearest-rank p50 and p95 of some durations, in seconds."""
+    """Nearest-rank p50 and p95, and the mean, of some durations, in seconds."""
 
     count: int
     p50: float
     p95: float
+    mean: float
 
     @classmethod
     def of(cls, durations: Sequence[float]) -> Percentiles | None:
@@ -124,7 +125,7 @@ class Percentiles:
         def rank(q: float) -> float:
             return ordered[max(math.ceil(q * len(ordered)) - 1, 0)]
 
-        return cls(len(ordered), rank(0.50), rank(0.95))
+        return cls(len(ordered), rank(0.50), rank(0.95), math.fsum(ordered) / len(ordered))
 
 
 @dataclass(frozen=True)
@@ -612,6 +613,13 @@ def _agreement(a: Agreement) -> str:
     return f"{a.match:.0f}/{a.compared:.0f} ({_percent(a.rate)})"
 
 
+def _versus(latency: Percentiles | None, base: Percentiles | None, field: str) -> str:
+    """The change of one statistic against the `off` stage, in percent."""
+    if latency is None or base is None or getattr(base, field) <= 0:
+        return "-"
+    return f"{(getattr(latency, field) / getattr(base, field) - 1) * 100:+.0f} %"
+
+
 def _baseline(results: Sequence[StageResult]) -> Percentiles | None:
     for result in results:
         if result.stage == "off":
@@ -644,14 +652,14 @@ def tables(results: Sequence[StageResult]) -> list[tuple[str, list[str], list[li
             ]
         )
         overall = r.latency.get("all")
-        versus = "-"
-        if base is not None and overall is not None and base.p95 > 0:
-            versus = f"{(overall.p95 / base.p95 - 1) * 100:+.0f} %"
         latency_rows.append(
             [
                 r.stage,
                 _latency(overall),
-                versus,
+                "-" if overall is None else _ms(overall.mean),
+                _versus(overall, base, "p50"),
+                _versus(overall, base, "p95"),
+                _versus(overall, base, "mean"),
                 *(_latency(r.latency.get(path)) for path in PATHS),
             ]
         )
@@ -689,7 +697,7 @@ def tables(results: Sequence[StageResult]) -> list[tuple[str, list[str], list[li
         ),
         (
             "Latency by path, ms p50 / p95 (n), client-side",
-            ["stage", "all", "p95 vs off", *PATHS],
+            ["stage", "all", "mean", "p50 vs off", "p95 vs off", "mean vs off", *PATHS],
             latency_rows,
         ),
         (

@@ -4,8 +4,9 @@
 The tenant comes from the `X-Workspace-ID` header, a stand-in for real authentication. A query
 is a small RAG pipeline: the question is embedded through the L2 `CachedEmbedder`, the client's
 most similar notes are retrieved (cosine), and a simulated model "generates" the answer in
-`latency` seconds. The answer depends only on the question (case and spacing aside) and the
-retrieved notes, so a cached answer that differs from a fresh one is stale, never noise.
+`latency` seconds. Notes are embedded (uncached) when written and at startup. The answer
+depends only on the question (case and spacing aside) and the retrieved notes, so a cached
+answer that differs from a fresh one is stale, never noise.
 
 `/_demo/stage` and `/_demo/drain` are demo-only controls for `cachegate replay`, answered to
 loopback clients only.
@@ -82,10 +83,14 @@ class Notes:
             notes.add(workspace, client, text)
         return notes
 
-    def add(self, workspace: str, client_id: str, text: str) -> str:
-        """Store a new note; its session id."""
+    def add(
+        self, workspace: str, client_id: str, text: str, vector: list[float] | None = None
+    ) -> str:
+        """Store a new note (with its vector when known); its session id."""
         session_id = self.new_id()
-        self.sessions.setdefault(workspace, {})[session_id] = Session(client_id, text)
+        indexed = text if vector is not None else None
+        session = Session(client_id, text, vector, indexed)
+        self.sessions.setdefault(workspace, {})[session_id] = session
         return session_id
 
     def client_sessions(self, workspace: str, client_id: str | None) -> list[Session]:
@@ -253,6 +258,18 @@ def create_app(
                 if session.notes == text:
                     session.vector, session.indexed = list(vector), text
 
+    async def vector_of(text: str) -> list[float] | None:
+        """A written note's vector, computed before the note becomes visible (so the data and
+        the index change together); None if the provider failed: the next query retries."""
+        try:
+            response = await index_client.embed(
+                texts=[text], model=model, input_type="search_document", embedding_types=["float"]
+            )
+        except Exception as error:
+            log.warning("indexing a note failed (%s); retried per query", type(error).__name__)
+            return None
+        return list((response.embeddings.float_ or [[]])[0]) or None
+
     async def retrieve(tenant: str, client: str | None, text: str) -> list[str]:
         sessions = data.client_sessions(tenant, client)
         await index(sessions)
@@ -304,7 +321,8 @@ def create_app(
         client_id, text = payload.get("client_id"), payload.get("notes")
         if not isinstance(client_id, str) or not isinstance(text, str):
             return JSONResponse({"error": "client_id and notes must be strings"}, status_code=422)
-        session_id = data.add(tenant, client_id, text)
+        vector = await vector_of(text)
+        session_id = data.add(tenant, client_id, text, vector)
         return JSONResponse({"session_id": session_id, "client_id": client_id}, status_code=201)
 
     async def change_session(request: Request) -> Response:
@@ -320,7 +338,9 @@ def create_app(
             text = None if payload is None else payload.get("notes")
             if not isinstance(text, str):
                 return JSONResponse({"error": "notes must be a string"}, status_code=422)
-            session.notes = text
+            vector = await vector_of(text)
+            session.notes, session.vector = text, vector
+            session.indexed = text if vector is not None else None
         return JSONResponse({"session_id": session_id, "client_id": session.client_id})
 
     async def metrics(request: Request) -> Response:
