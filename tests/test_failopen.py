@@ -101,6 +101,25 @@ async def test_a_silent_or_dead_redis_fails_open_and_caching_resumes_by_itself(
     assert h.sample("cachegate_store_breaker_open") == 0
 
 
+async def test_a_reply_that_came_too_late_is_never_read_as_another_requests_answer(
+    server: RedisServer, harness: Harness
+) -> None:
+    """A lookup that timed out leaves its command on the connection; when Redis wakes up, its
+    late reply (another tenant's entry and matching generations) must not answer the next one."""
+    h = harness
+    h.service.stamp = True
+    own = {tenant: (await h.ask(tenant=tenant)).json()["computation"] for tenant in ("t1", "t2")}
+    server.pause()
+    assert (await timed_ask(h, tenant="t1"))[0] == "bypass"  # its MGET is still queued
+    server.resume()
+    await anyio.sleep(0.05)  # Redis answers the queued MGET now
+    for tenant in ("t2", "t1", "t2", "t1"):
+        response = await h.ask(tenant=tenant)
+        assert response.json()["tenant"] == tenant
+        if response.headers["x-cachegate"] == "hit":
+            assert response.json()["computation"] == own[tenant]
+
+
 async def test_an_invalidation_while_redis_is_down_is_kept_pending_until_it_returns(
     server: RedisServer, harness: Harness
 ) -> None:

@@ -83,33 +83,51 @@ async def test_bump_of_a_missing_generation_creates_a_random_one(
     assert await store.generations(gens) == bumped
 
 
-async def _poll_until_gone(read: Callable[[], Awaitable[bool]], limit: float) -> float:
-    """Read every 20 ms until `read` says the value is gone; the time it took."""
+async def _expires_on_time(
+    write: Callable[[], Awaitable[None]], present: Callable[[], Awaitable[bool]], ttl: float
+) -> None:
+    """Write, then read every 20 ms: gone no earlier than `ttl` after the write started, and
+    gone within a second after it (reads that extended the TTL would keep it alive)."""
     started = time.monotonic()
-    while await read():
-        assert time.monotonic() - started < limit, "the value outlived its TTL (reads extended it?)"
+    await write()
+    written = time.monotonic()
+    seen = False
+    while await present():
+        seen = True
+        assert time.monotonic() - written < ttl + 1.0, "outlived its TTL: do reads extend it?"
         await anyio.sleep(0.02)
-    return time.monotonic() - started
+    gone = time.monotonic()
+    assert gone - started >= ttl - 0.01, "expired before its TTL"
+    if gone - written < ttl - 0.1:  # unless this machine stalled, it was read before expiry
+        assert seen
 
 
 async def test_ttl_is_absolute_and_reads_never_extend_it(store: Store, namespace: str) -> None:
     key, gens = entry_and_generations(namespace)
     other_key, _ = entry_and_generations(namespace, tenant="t2")
-    await store.write(key, b"v", 0.3)
     await store.write(other_key, b"w", 30)
-    written = time.monotonic()
 
-    async def still_there() -> bool:
+    async def present() -> bool:
         found = await store.lookup(key, gens)
         values = await store.get_many([key])
         assert (found.value is None) == (values[0] is None)
         return found.value is not None
 
-    assert await still_there()
-    took = await _poll_until_gone(still_there, limit=2.0)
-    assert time.monotonic() - written >= 0.25  # not before its TTL either
-    assert took < 2.0
+    await _expires_on_time(lambda: store.write(key, b"v", 0.4), present, 0.4)
     assert await store.get_many([other_key]) == [b"w"]
+
+
+async def test_set_many_writes_all_with_one_absolute_ttl(store: Store, namespace: str) -> None:
+    items = [(f"{namespace}:{{t:x}}:v:{i}", bytes([i]) * (i + 1)) for i in range(4)]
+    await store.set_many([], 0.4)
+    values: list[list[bytes | None]] = []
+
+    async def any_left() -> bool:
+        values.append(await store.get_many([k for k, _ in items]))
+        return any(v is not None for v in values[-1])
+
+    await _expires_on_time(lambda: store.set_many(items, 0.4), any_left, 0.4)
+    assert values[0] in ([v for _, v in items], [None] * 4)  # all or nothing: one TTL
 
 
 async def test_get_many_keeps_order_and_reports_missing_as_none(
@@ -121,18 +139,6 @@ async def test_get_many_keeps_order_and_reports_missing_as_none(
     assert await store.get_many(keys) == [None, b"one", None, b"three", None]
     assert await store.get_many(list(reversed(keys))) == [None, b"three", None, b"one", None]
     assert await store.get_many([]) == []
-
-
-async def test_set_many_writes_all_with_one_absolute_ttl(store: Store, namespace: str) -> None:
-    items = [(f"{namespace}:{{t:x}}:v:{i}", bytes([i]) * (i + 1)) for i in range(4)]
-    await store.set_many(items, 0.3)
-    await store.set_many([], 0.3)
-    assert await store.get_many([k for k, _ in items]) == [v for _, v in items]
-
-    async def any_left() -> bool:
-        return any(v is not None for v in await store.get_many([k for k, _ in items]))
-
-    await _poll_until_gone(any_left, limit=2.0)
 
 
 async def test_write_overwrites_and_delete_removes(store: Store, namespace: str) -> None:
