@@ -162,6 +162,7 @@ def test_replay_through_unleash_applies_each_stage(
         from cachegate.replay import ReplayConfig, Switcher
 
         assert isinstance(config, ReplayConfig)
+        assert (config.query_cost, config.requests) == (0.02, 400)
         move: Switcher = switcher(None)  # type: ignore[operator]
         for stage in config.stages:
             await move.switch(stage)
@@ -171,7 +172,7 @@ def test_replay_through_unleash_applies_each_stage(
     monkeypatch.setattr("cachegate.replay.replay", fake_replay)
     monkeypatch.setenv("UNLEASH_ADMIN_TOKEN", "admin-token")
     argv = ["replay", "--unleash-url", "http://127.0.0.1:4242", "--stages", "dark-launch,l2"]
-    code, _ = run([*argv, "--settle", "0", "--json"])
+    code, _ = run([*argv, "--settle", "0", "--query-cost", "0.02", "--json"])
     assert code == OK
     assert applied == ["dark-launch", "l2"]
     assert json.loads(capsys.readouterr().out)["stages"] == []

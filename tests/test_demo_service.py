@@ -327,3 +327,15 @@ def test_make_run_command_line_starts_and_answers() -> None:
     assert process.returncode == 0
     assert "stage l1-100" in output
     assert "ws-001" not in output and QUESTION not in output
+
+
+def test_lifespan_starts_and_stops_unleash_without_blocking() -> None:
+    environ = {"UNLEASH_URL": "http://127.0.0.1:9/api", "UNLEASH_API_TOKEN": "client-token"}
+    service = demo("l1-100", environ)
+    started = time.perf_counter()
+    with TestClient(service.app) as client:
+        body = {"query": QUESTION, "client_id": "client-01"}
+        headers = {"X-Workspace-ID": "ws-001"}
+        paths = [client.post("/ai/query", json=body, headers=headers) for _ in range(2)]
+        assert [r.headers["x-cachegate"] for r in paths] == ["miss", "hit"]
+    assert time.perf_counter() - started < 10

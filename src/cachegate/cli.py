@@ -119,6 +119,7 @@ def replay(args: argparse.Namespace, err: TextIO) -> int:
             catalog=Catalog(workspaces=args.workspaces, clients=args.clients),
             mix=Mix(write_ratio=args.write_ratio, near_duplicate_ratio=args.near_duplicates),
             namespace=args.namespace,
+            query_cost=args.query_cost,
         )
     except ValueError as error:
         raise UsageError(str(error)) from None
@@ -265,6 +266,12 @@ def parser() -> argparse.ArgumentParser:
         "--near-duplicates", type=_ratio, default=0.15, help="share of case/space variants"
     )
     rep.add_argument("--namespace", default="cachegate", help="the target's metrics prefix")
+    rep.add_argument(
+        "--query-cost",
+        type=_non_negative,
+        default=0.017,
+        help="dollars of one uncached question, the base of 'cost saved' (default 0.017)",
+    )
     rep.add_argument(
         "--json", nargs="?", const="-", metavar="PATH", help="JSON (- or no PATH: stdout)"
     )
