@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: install run test lint typecheck pytest system-deps clean
+.PHONY: install run replay test lint typecheck pytest system-deps clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -25,6 +25,10 @@ UNLEASH := .cache/unleash/node_modules/unleash-server/package.json
 # The Unleash server the end-to-end tests start (pinned; npm, into an ignored folder).
 $(UNLEASH):
 	npm install --prefix .cache/unleash --no-audit --no-fund --loglevel=error unleash-server@$(UNLEASH_VERSION)
+
+# The rollout stages measured against the running demo (start `make run` first).
+replay: install
+	$(BIN)/cachegate replay --url http://$(HOST):$(PORT)
 
 # Debian packages the suite uses (promtool and prometheus); installed only when missing.
 system-deps: $(UNLEASH)

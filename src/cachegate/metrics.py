@@ -30,6 +30,7 @@ BYPASS_REASONS = (
     "mode_off",
     "invalidation_pending",
     "store_error",
+    "disconnected",
 )
 SINGLE_FLIGHT_OUTCOMES = ("shared", "timeout", "not_shared")
 UNCACHEABLE_REASONS = (
@@ -38,6 +39,7 @@ UNCACHEABLE_REASONS = (
     "cache_control",
     "streamed",
     "too_large",
+    "vary",
     "error",
 )
 

@@ -212,6 +212,7 @@ class CacheResponder:
             if shared is not None:
                 self.path = "hit"
                 gate.metrics.hits.labels(LAYER).inc()
+                self._avoided()
                 await replay(send, shared.status, shared.headers, shared.body, b"hit")
                 return
             gate.metrics.misses.labels(LAYER).inc()
@@ -249,12 +250,17 @@ class CacheResponder:
         gate = self.gate
         self.path = "hit"
         gate.metrics.hits.labels(LAYER).inc()
-        gate.metrics.calls_avoided.labels(LAYER).inc()
-        if self.policy.cost_per_call:
-            gate.metrics.cost_avoided.labels(LAYER).inc(self.policy.cost_per_call)
+        self._avoided()
         await replay(send, entry.status, entry.headers, entry.body, b"hit")
         if decision.verify and self.policy.rerun_safe:
             gate.background(self._verify(entry, facts, scope, body))
+
+    def _avoided(self) -> None:
+        """Count one fresh computation, and its cost, avoided by a hit."""
+        metrics = self.gate.metrics
+        metrics.calls_avoided.labels(LAYER).inc()
+        if self.policy.cost_per_call:
+            metrics.cost_avoided.labels(LAYER).inc(self.policy.cost_per_call)
 
     async def _verify(
         self, entry: Entry, facts: RequestFacts, scope: Scope_, body: RequestBody
@@ -448,7 +454,7 @@ class HeldResponse:
         chunks = [m.get("body", b"") for m in self._messages if m["type"] == "http.response.body"]
         try:
             value: object = json.loads(b"".join(chunks))
-        except ValueError:
+        except (ValueError, RecursionError):
             return None
         for part in path.split("."):
             if not isinstance(value, dict):

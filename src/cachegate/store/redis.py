@@ -144,7 +144,7 @@ class RedisStore:
 
         async def call() -> list[Any]:
             pipe = self.client.pipeline(transaction=False)
-            ttl = int(self.generation_ttl)
+            ttl = max(1, round(self.generation_ttl))
             for key in generation_keys:
                 pipe.set(key, random_generation(), nx=True, ex=ttl)
             pipe.mget(list(generation_keys))
@@ -173,7 +173,7 @@ class RedisStore:
 
         async def call() -> list[Any]:
             pipe = self.client.pipeline(transaction=False)
-            ttl = int(self.generation_ttl)
+            ttl = max(1, round(self.generation_ttl))
             for key in generation_keys:
                 pipe.set(key, random_generation(), nx=True, ex=ttl)
                 pipe.incr(key)
