@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: install run replay test lint typecheck pytest system-deps clean
+.PHONY: install run replay bench bench-quick test lint typecheck pytest system-deps clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -29,6 +29,23 @@ $(UNLEASH):
 # The rollout stages measured against the running demo (start `make run` first).
 replay: install
 	$(BIN)/cachegate replay --url http://$(HOST):$(PORT)
+
+BENCH := .venv-bench
+BENCH_STAMP := $(BENCH)/.installed
+
+# Benchmark peers live in their own environment, never in the package's dependencies.
+$(BENCH_STAMP): pyproject.toml benchmarks/requirements.txt
+	test -x $(BENCH)/bin/python || $(PYTHON) -m venv $(BENCH)
+	$(BENCH)/bin/python -m pip install -q --upgrade pip
+	$(BENCH)/bin/python -m pip install -q -e . -r benchmarks/requirements.txt
+	touch $@
+
+bench: $(BENCH_STAMP)
+	@command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk)
+	$(BENCH)/bin/python -m benchmarks
+
+bench-quick: $(BENCH_STAMP)
+	$(BENCH)/bin/python -m benchmarks --quick
 
 # Debian packages the suite uses (promtool and prometheus); installed only when missing.
 system-deps: $(UNLEASH)
