@@ -81,6 +81,7 @@ class Driver:
         }
         self.status = 0
         self.cachegate: str | None = None
+        self.fastapi_cache: str | None = None
         self.received = 0
 
     async def __call__(self) -> None:
@@ -96,10 +97,12 @@ class Driver:
         async def send(message: apps.Message) -> None:
             if message["type"] == "http.response.start":
                 self.status = message["status"]
-                self.cachegate = None
+                self.cachegate = self.fastapi_cache = None
                 for name, value in message.get("headers", ()):
                     if name == b"x-cachegate":
                         self.cachegate = value.decode()
+                    elif name == b"x-fastapi-cache":
+                        self.fastapi_cache = value.decode()
             elif message["type"] == "http.response.body":
                 self.received += len(message.get("body", b""))
 
@@ -107,7 +110,8 @@ class Driver:
 
     def check(self, name: str) -> None:
         expected = EXPECTED_HEADER[name]
-        if self.status != 200 or self.cachegate != expected:
+        peer_hit = name != "fastapi_cache2_get" or self.fastapi_cache == "HIT"
+        if self.status != 200 or self.cachegate != expected or not peer_hit:
             raise RuntimeError(
                 f"{name}: answered {self.status} X-CacheGate={self.cachegate!r}, "
                 f"expected 200 X-CacheGate={expected!r}"
@@ -286,8 +290,11 @@ def _probe(name: str, port: int) -> None:
     with urllib.request.urlopen(request, timeout=10) as response:
         status = response.status
         header = response.headers.get("x-cachegate")
+        peer = response.headers.get("x-fastapi-cache")
         response.read()
     expected = EXPECTED_HEADER[name]
+    if name == "fastapi_cache2_get" and peer not in ("HIT", "MISS"):
+        raise RuntimeError(f"{name} over HTTP: X-FastAPI-Cache={peer!r}")
     if status != 200 or (expected is not None and header != expected and header != "miss"):
         raise RuntimeError(f"{name} over HTTP: {status} X-CacheGate={header!r}")
 

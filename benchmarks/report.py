@@ -254,6 +254,11 @@ def render(
     lines = [f"# {title}", ""]
     lines += _table(["machine", ""], [[k, v] for k, v in machine.items()])
     lines += ["", "How: " + " ".join(settings), ""]
+    lines += [
+        "What each group measures and how to reproduce: [benchmarks/README.md](../README.md) "
+        "(`make bench`).",
+        "",
+    ]
 
     found = targets(inproc, http, l2, inval)
     lines += ["## Targets (issue 6)", ""]
