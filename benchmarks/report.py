@@ -66,6 +66,8 @@ def us(ns: float) -> str:
         return f"{ns / 1e6:,.1f} ms"
     if ns >= 1_000_000:
         return f"{ns / 1e6:,.2f} ms"
+    if ns < 1_000:
+        return f"{ns:,.0f} ns"
     return f"{ns / 1e3:,.1f} µs"
 
 
