@@ -252,11 +252,11 @@ class RoundTrips:
         import redis.connection as sync_connection
 
         counter = self
-        patched: list[tuple[type[Any], Callable[..., Any]]] = []
-        sync_class = sync_connection.AbstractConnection
-        async_class = async_connection.AbstractConnection
-        sync_original = sync_class.send_packed_command
-        async_original = async_class.send_packed_command
+        patched: list[tuple[Any, Callable[..., Any]]] = []
+        sync_class: Any = sync_connection.AbstractConnection
+        async_class: Any = async_connection.AbstractConnection
+        sync_original: Callable[..., Any] = sync_class.send_packed_command
+        async_original: Callable[..., Awaitable[Any]] = async_class.send_packed_command
 
         def sync_send(self: Any, *args: Any, **kwargs: Any) -> Any:
             counter.count += 1
@@ -266,14 +266,14 @@ class RoundTrips:
             counter.count += 1
             return await async_original(self, *args, **kwargs)
 
-        sync_class.send_packed_command = sync_send  # type: ignore[method-assign]
-        async_class.send_packed_command = async_send  # type: ignore[method-assign]
+        sync_class.send_packed_command = sync_send
+        async_class.send_packed_command = async_send
         patched.extend([(sync_class, sync_original), (async_class, async_original)])
         try:
             yield self
         finally:
             for cls, original in patched:
-                cls.send_packed_command = original  # type: ignore[attr-defined]
+                cls.send_packed_command = original
 
 
 def command_calls(url: str) -> int:

@@ -125,12 +125,12 @@ def floor_system(redis_url: str, namespace: str, cohere_client: Any) -> System:
         result: list[list[float]] = [[] for _ in texts]
         missing: list[int] = []
         for i, value in enumerate(values):
-            if value is None:
+            if not isinstance(value, bytes):
                 missing.append(i)
             else:
-                vector = array("f")
-                vector.frombytes(value)
-                result[i] = vector.tolist()
+                packed = array("f")
+                packed.frombytes(value)
+                result[i] = packed.tolist()
         if missing:
             vectors = await _cohere_floats(cohere_client, [texts[i] for i in missing])
             pipe = client.pipeline(transaction=False)
@@ -169,7 +169,7 @@ def langchain_system(redis_url: str, namespace: str, cohere_client: Any) -> Syst
     from langchain_community.storage import RedisStore as LangChainRedisStore
     from langchain_core.embeddings import Embeddings
 
-    class CohereSDKEmbeddings(Embeddings):
+    class CohereSDKEmbeddings(Embeddings):  # type: ignore[misc]
         """The same Cohere client behind LangChain's `Embeddings` interface (async only)."""
 
         def embed_documents(self, texts: list[str]) -> list[list[float]]:
@@ -189,7 +189,8 @@ def langchain_system(redis_url: str, namespace: str, cohere_client: Any) -> Syst
     )
 
     async def embed(texts: list[str]) -> list[list[float]]:
-        return await cached.aembed_documents(texts)
+        vectors: list[list[float]] = await cached.aembed_documents(texts)
+        return vectors
 
     async def close() -> None:
         client.close()
@@ -274,7 +275,8 @@ def stored_size(redis_url: str, prefix: str, sample: int = 24) -> StoredSize:
         payload: list[int] = []
         kind = ""
         for key in keys:
-            kind = client.type(key).decode()
+            raw = client.type(key)
+            kind = raw.decode() if isinstance(raw, bytes) else str(raw)
             usage.append(int(client.memory_usage(key, samples=0) or 0))
             if kind == "string":
                 payload.append(int(client.strlen(key)))

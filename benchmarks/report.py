@@ -479,9 +479,9 @@ def render(
                 "tenants; each sample is the mean decision time over one pass.",
                 "",
             ]
-            base = flags.decide["FlagRollout.decide, memoised"].median
+            memoised = flags.decide["FlagRollout.decide, memoised"].median
             rows = [
-                [name, us(s.median), us(s.p95), x(_div(s.median, base))]
+                [name, us(s.median), us(s.p95), x(_div(s.median, memoised))]
                 for name, s in flags.decide.items()
             ]
             lines += _table(["decision", "median", "p95", "ratio vs memoised"], rows)
@@ -491,9 +491,9 @@ def render(
                 f"{flags.hit_stage}.json`.",
                 "",
             ]
-            base = flags.hit_path["hit path, StaticRollout"].median
+            static = flags.hit_path["hit path, StaticRollout"].median
             rows = [
-                [name, us(s.median), us(s.p95), x(_div(s.median, base))]
+                [name, us(s.median), us(s.p95), x(_div(s.median, static))]
                 for name, s in flags.hit_path.items()
             ]
             lines += _table(["request", "median", "p95", "ratio vs StaticRollout"], rows)
