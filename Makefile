@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: install run replay bench bench-quick test lint typecheck pytest system-deps clean
+.PHONY: install run replay bench bench-quick bench-deps test lint typecheck pytest system-deps clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -40,11 +40,14 @@ $(BENCH_STAMP): pyproject.toml benchmarks/requirements.txt
 	$(BENCH)/bin/python -m pip install -q -e . -r benchmarks/requirements.txt
 	touch $@
 
-bench: $(BENCH_STAMP)
-	@command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk)
+bench-deps:
+	@command -v redis-server >/dev/null && command -v wrk >/dev/null || \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server wrk)
+
+bench: $(BENCH_STAMP) bench-deps
 	$(BENCH)/bin/python -m benchmarks
 
-bench-quick: $(BENCH_STAMP)
+bench-quick: $(BENCH_STAMP) bench-deps
 	$(BENCH)/bin/python -m benchmarks --quick
 
 # Debian packages the suite uses (promtool and prometheus); installed only when missing.
