@@ -9,7 +9,7 @@ from typing import Any
 
 from cachegate.invalidation import Invalidator
 from cachegate.keys import KeySpace, Scope
-from cachegate.metrics import Metrics, default_metrics
+from cachegate.metrics import Metrics, RouteMetrics, default_metrics
 from cachegate.policy import Policy, Router, WriteRule
 from cachegate.results import ResultCache
 from cachegate.rollout import Rollout, StaticRollout
@@ -81,6 +81,9 @@ class CacheGate:
         self.metrics.initialise_routes(
             [policy.route for policy in policies], [rule.reason for rule in write_rules]
         )
+        self.route_metrics = {
+            policy.route: RouteMetrics(self.metrics, policy.route) for policy in policies
+        }
 
     async def invalidate(
         self, tenant: str, subject: str | None = None, *, reason: str = "api"

@@ -14,6 +14,7 @@ import unicodedata
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from enum import Flag, auto
+from functools import lru_cache
 
 KEY_SCHEMA_VERSION = 1
 """Bumped when the key encoding changes, so old entries can never be read as new ones."""
@@ -66,12 +67,22 @@ def digest(parts: Iterable[bytes | str]) -> str:
     Text is UTF-8 with lone surrogates passed through (JSON may carry them as `\\ud800`), so
     every `str` has exactly one encoding and keying never fails on one.
     """
-    hasher = hashlib.sha256()
+    chunks: list[bytes] = []
     for part in parts:
         data = part.encode("utf-8", "surrogatepass") if isinstance(part, str) else part
-        hasher.update(len(data).to_bytes(8, "big"))
-        hasher.update(data)
-    return hasher.hexdigest()
+        chunks += (len(data).to_bytes(8, "big"), data)
+    return hashlib.sha256(b"".join(chunks)).hexdigest()
+
+
+@lru_cache(maxsize=4096)
+def _tenant_prefix(namespace: str, tenant: str) -> str:
+    """`namespace:{t:<tag>}`; cached, as a request needs it for its entry and generations."""
+    return f"{namespace}:{{t:{digest(('tenant', namespace, tenant))[:24]}}}"
+
+
+@lru_cache(maxsize=16_384)
+def _subject_tag(subject: str) -> str:
+    return digest(("subject", subject))[:32]
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,7 +110,7 @@ class KeySpace:
         return digest(("tenant", self.namespace, tenant))[:24]
 
     def _prefix(self, tenant: str) -> str:
-        return f"{self.namespace}:{{t:{self.tenant_tag(tenant)}}}"
+        return _tenant_prefix(self.namespace, tenant)
 
     def entry_key(
         self,
@@ -131,8 +142,7 @@ class KeySpace:
         prefix = self._prefix(scope.tenant)
         if scope.subject is None:
             return (f"{prefix}:g:t", f"{prefix}:g:a")
-        subject = digest(("subject", scope.subject))[:32]
-        return (f"{prefix}:g:t", f"{prefix}:g:s:{subject}")
+        return (f"{prefix}:g:t", f"{prefix}:g:s:{_subject_tag(scope.subject)}")
 
     def invalidation_keys(self, scope: Scope) -> tuple[str, ...]:
         """The generations an invalidation of `scope` advances."""

@@ -248,6 +248,42 @@ class Metrics:
             self.invalidations.labels(reason)
 
 
+class RouteMetrics:
+    """The L1 series one cached route touches per request, bound once.
+
+    `labels()` takes a lock and builds a tuple on every call; binding the children at start-up
+    keeps the per-request cost of metrics to a few increments.
+    """
+
+    def __init__(self, metrics: Metrics, route: str) -> None:
+        layer = LAYERS[0]
+        self.metrics = metrics
+        self.duration = {path: metrics.query_duration.labels(route, path) for path in PATHS}
+        self.hits = metrics.hits.labels(layer)
+        self.misses = metrics.misses.labels(layer)
+        self.calls_avoided = metrics.calls_avoided.labels(layer)
+        self.cost_avoided = metrics.cost_avoided.labels(layer)
+        self.decisions = {
+            (l1, l2): (metrics.decisions.labels(layer, l1), metrics.decisions.labels(LAYERS[1], l2))
+            for l1 in MODES
+            for l2 in MODES
+        }
+        self._bypasses = {reason: metrics.bypasses.labels(reason) for reason in BYPASS_REASONS}
+
+    def bypass(self, reason: str) -> None:
+        """Count one bypass (a reason outside the known set gets its own series)."""
+        child = self._bypasses.get(reason)
+        if child is None:
+            child = self._bypasses[reason] = self.metrics.bypasses.labels(reason)
+        child.inc()
+
+    def decided(self, l1: str, l2: str) -> None:
+        """Count one request's decision for both layers."""
+        first, second = self.decisions[l1, l2]
+        first.inc()
+        second.inc()
+
+
 _defaults: dict[str, Metrics] = {}
 
 

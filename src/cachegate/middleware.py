@@ -26,7 +26,7 @@ from cachegate.responses import (
     storable_headers,
 )
 from cachegate.results import LAYER, Found, RequestFacts
-from cachegate.rollout import OFF, Decision, Mode, using_decision
+from cachegate.rollout import OFF, Decision, Mode, enter_decision, exit_decision
 from cachegate.shadow import Outcome, compare
 from cachegate.store.codec import Entry
 
@@ -35,7 +35,6 @@ Message = MutableMapping[str, Any]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope_, Receive, Send], Awaitable[None]]
 
-EMBEDDING_LAYER = "embedding"
 STATE_KEY = "cachegate"
 """The decision is at `request.state.cachegate` (and in `cachegate.current_decision()`)."""
 
@@ -46,12 +45,13 @@ class CacheGateMiddleware:
     def __init__(self, app: ASGIApp, gate: CacheGate) -> None:
         self.app = app
         self.gate = gate
+        self._match = gate.router.match
 
     async def __call__(self, scope: Scope_, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        match = self.gate.router.match(scope["method"], scope["path"])
+        match = self._match(scope["method"], scope["path"])
         if match is None:
             await self.app(scope, receive, send)
             return
@@ -81,15 +81,14 @@ class CacheResponder:
         self.policy = policy
         self.match = match
         self.path = "bypass"
+        self.counts = gate.route_metrics[policy.route]
 
     async def __call__(self, scope: Scope_, receive: Receive, send: Send) -> None:
         started = time.perf_counter()
         try:
             await self._handle(scope, receive, send)
         finally:
-            self.gate.metrics.query_duration.labels(self.policy.route, self.path).observe(
-                time.perf_counter() - started
-            )
+            self.counts.duration[self.path].observe(time.perf_counter() - started)
 
     async def _handle(self, scope: Scope_, receive: Receive, send: Send) -> None:
         gate = self.gate
@@ -111,8 +110,7 @@ class CacheResponder:
         if tenant is None:
             return await self._bypass(reason, OFF, scope, replayed, send)
         decision = gate.rollout.decide(tenant)
-        gate.metrics.decisions.labels(LAYER, decision.l1.value).inc()
-        gate.metrics.decisions.labels(EMBEDDING_LAYER, decision.l2.value).inc()
+        self.counts.decided(decision.l1, decision.l2)
         if decision.l1 is Mode.OFF:
             return await self._bypass("mode_off", decision, scope, replayed, send, tenant)
         if self.policy.honor_request_no_cache and request_refuses_cache(headers):
@@ -130,11 +128,14 @@ class CacheResponder:
                 "invalidation_pending", decision, scope, replayed, send, tenant
             )
         _remember(scope, decision)
-        with using_decision(decision, tenant):
+        tokens = enter_decision(decision, tenant)
+        try:
             if decision.l1 is Mode.SERVE:
                 await self._serve(facts, decision, scope, body, replayed, send)
             else:
                 await self._shadow(facts, scope, body, replayed, send)
+        finally:
+            exit_decision(tokens)
 
     async def _bypass(
         self,
@@ -145,20 +146,31 @@ class CacheResponder:
         send: Send,
         tenant: str | None = None,
     ) -> None:
-        self.gate.metrics.bypasses.labels(reason).inc()
+        self.counts.bypass(reason)
         _remember(scope, decision)
-        with using_decision(decision, tenant):
+        tokens = enter_decision(decision, tenant)
+        try:
             await self.app(scope, receive, add_header(send, b"bypass"))
+        finally:
+            exit_decision(tokens)
 
     async def _lookup(self, facts: RequestFacts, mode: Mode) -> Found:
-        with tracing.tracer.start_as_current_span("cachegate.lookup") as span:
-            span.set_attributes(
-                {tracing.LAYER: LAYER, tracing.MODE: mode.value, tracing.ROUTE: facts.policy.route}
-            )
+        span = tracing.tracer.start_span("cachegate.lookup")
+        try:
             found = await self.gate.results.lookup(facts)
-            outcome = "error" if found.generations is None else "hit" if found.entry else "miss"
-            span.set_attribute(tracing.OUTCOME, outcome)
+            if span.is_recording():
+                outcome = "error" if found.generations is None else "hit" if found.entry else "miss"
+                span.set_attributes(
+                    {
+                        tracing.LAYER: LAYER,
+                        tracing.MODE: mode.value,
+                        tracing.ROUTE: facts.policy.route,
+                        tracing.OUTCOME: outcome,
+                    }
+                )
             return found
+        finally:
+            span.end()
 
     async def _fresh(self, scope: Scope_, receive: Receive, recorder: ResponseRecorder) -> None:
         with tracing.tracer.start_as_current_span("cachegate.fresh") as span:
@@ -197,7 +209,7 @@ class CacheResponder:
             return await self._hit(found.entry, facts, decision, scope, body, send)
         generations = await gate.results.start_generations(found, facts)
         if generations is None:
-            gate.metrics.bypasses.labels("store_error").inc()
+            self.counts.bypass("store_error")
             await self.app(scope, receive, add_header(send, b"bypass"))
             return
         flight = facts.key + ":" + ",".join(map(str, generations))
@@ -211,14 +223,14 @@ class CacheResponder:
             gate.metrics.single_flight.labels(outcome).inc()
             if shared is not None:
                 self.path = "hit"
-                gate.metrics.hits.labels(LAYER).inc()
+                self.counts.hits.inc()
                 self._avoided()
                 await replay(send, shared.status, shared.headers, shared.body, b"hit")
                 return
-            gate.metrics.misses.labels(LAYER).inc()
+            self.counts.misses.inc()
             await self._miss(facts, generations, scope, receive, send)
             return
-        gate.metrics.misses.labels(LAYER).inc()
+        self.counts.misses.inc()
         entry = None
         try:
             entry = await self._miss(facts, generations, scope, receive, send)
@@ -249,7 +261,7 @@ class CacheResponder:
     ) -> None:
         gate = self.gate
         self.path = "hit"
-        gate.metrics.hits.labels(LAYER).inc()
+        self.counts.hits.inc()
         self._avoided()
         await replay(send, entry.status, entry.headers, entry.body, b"hit")
         if decision.verify and self.policy.rerun_safe:
@@ -257,10 +269,9 @@ class CacheResponder:
 
     def _avoided(self) -> None:
         """Count one fresh computation, and its cost, avoided by a hit."""
-        metrics = self.gate.metrics
-        metrics.calls_avoided.labels(LAYER).inc()
+        self.counts.calls_avoided.inc()
         if self.policy.cost_per_call:
-            metrics.cost_avoided.labels(LAYER).inc(self.policy.cost_per_call)
+            self.counts.cost_avoided.inc(self.policy.cost_per_call)
 
     async def _verify(
         self, entry: Entry, facts: RequestFacts, scope: Scope_, body: RequestBody

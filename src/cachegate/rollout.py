@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from contextvars import ContextVar
+from contextvars import ContextVar, Token
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Protocol
@@ -71,13 +71,25 @@ def current_tenant() -> str | None:
     return _tenant.get()
 
 
+Tokens = tuple[Token[Decision | None], Token[str | None]]
+
+
+def enter_decision(decision: Decision, tenant: str | None = None) -> Tokens:
+    """Make `decision` (and `tenant`) current; undo with `exit_decision` (the middleware's path)."""
+    return _current.set(decision), _tenant.set(tenant)
+
+
+def exit_decision(tokens: Tokens) -> None:
+    """Restore what was current before `enter_decision`."""
+    _tenant.reset(tokens[1])
+    _current.reset(tokens[0])
+
+
 @contextmanager
 def using_decision(decision: Decision, tenant: str | None = None) -> Iterator[None]:
     """Make `decision` (and `tenant`) the current ones for the duration of the block."""
-    token = _current.set(decision)
-    tenant_token = _tenant.set(tenant)
+    tokens = enter_decision(decision, tenant)
     try:
         yield
     finally:
-        _tenant.reset(tenant_token)
-        _current.reset(token)
+        exit_decision(tokens)

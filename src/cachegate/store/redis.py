@@ -13,11 +13,12 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
+from prometheus_client import Histogram
 from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.exceptions import RedisError
+from redis.exceptions import RedisClusterException, RedisError
 
 from cachegate.breaker import BreakerState, CircuitBreaker
 from cachegate.metrics import Metrics
@@ -64,6 +65,7 @@ class RedisStore:
         self.metrics = metrics
         self.breaker = breaker or CircuitBreaker(on_change=self._breaker_changed)
         self._cluster = isinstance(client, RedisCluster)
+        self._durations: dict[str, Histogram] = {}
 
     @classmethod
     def from_url(
@@ -112,7 +114,7 @@ class RedisStore:
         except TimeoutError as error:
             self._failed(operation, "timeout")
             raise StoreTimeout(f"{operation}: no answer within {deadline:.3f}s") from error
-        except (RedisError, OSError) as error:
+        except (RedisError, RedisClusterException, OSError) as error:
             self._failed(operation, "error")
             raise StoreError(f"{operation}: {type(error).__name__}") from error
         except BaseException:
@@ -120,7 +122,10 @@ class RedisStore:
             raise
         self.breaker.success()
         if metrics is not None:
-            metrics.store_duration.labels(operation).observe(time.perf_counter() - started)
+            duration = self._durations.get(operation)
+            if duration is None:
+                duration = self._durations[operation] = metrics.store_duration.labels(operation)
+            duration.observe(time.perf_counter() - started)
         return result
 
     def _failed(self, operation: str, kind: str) -> None:
@@ -147,11 +152,14 @@ class RedisStore:
             ttl = max(1, round(self.generation_ttl))
             for key in generation_keys:
                 pipe.set(key, random_generation(), nx=True, ex=ttl)
-            pipe.mget(list(generation_keys))
+            for key in generation_keys:  # GETs, not MGET: a cluster pipeline refuses MGET
+                pipe.get(key)
             return await pipe.execute()
 
+        if not generation_keys:
+            return ()
         results = await self._call("generations", call, deadline=self.deadline)
-        return tuple(_generation(value) for value in results[-1])
+        return tuple(_generation(value) for value in results[-len(generation_keys) :])
 
     async def write(self, key: str, value: bytes, ttl: float) -> None:
         """SET with an absolute expiry in milliseconds."""
