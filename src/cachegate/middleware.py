@@ -279,7 +279,7 @@ class CacheResponder:
         """Recompute a served hit in the background and compare; a stale entry is dropped."""
         recorder = ResponseRecorder(None, max_bytes=self.gate.max_entry_bytes)
         await self.app(_copy(scope), body.rerun(), recorder)
-        outcome = self._compare("verify", entry.body, recorder)
+        outcome = await self._compare("verify", entry.body, recorder, facts, entry.generations)
         if outcome is Outcome.MISMATCH:
             await self.gate.results.drop(facts)
 
@@ -306,7 +306,7 @@ class CacheResponder:
         recorder = ResponseRecorder(send, max_bytes=gate.max_entry_bytes, header=header)
         await self._fresh(scope, receive, recorder)
         if found.entry is not None:
-            self._compare("shadow", found.entry.body, recorder)
+            await self._compare("shadow", found.entry.body, recorder, facts, found.generations)
         if generations is not None:
             await self._fill(facts, generations, recorder)
         if self.policy.rerun_safe and recorder.storable and gate.sample() < gate.noise_sample_rate:
@@ -316,15 +316,35 @@ class CacheResponder:
         """Compute the same request again and compare fresh with fresh: the noise baseline."""
         recorder = ResponseRecorder(None, max_bytes=self.gate.max_entry_bytes)
         await self.app(_copy(scope), body.rerun(), recorder)
-        self._compare("noise", fresh, recorder)
+        await self._compare("noise", fresh, recorder)
 
-    def _compare(self, kind: str, cached: bytes, recorder: ResponseRecorder) -> Outcome:
-        with tracing.tracer.start_as_current_span("cachegate.compare") as span:
-            if recorder.storable:
-                comparison = compare(self.policy.comparator, cached, recorder.body)
-            else:
-                comparison = compare(_fresh_failed, cached, b"")
-            outcome = comparison.outcome
+    async def _compare(
+        self,
+        kind: str,
+        cached: bytes,
+        recorder: ResponseRecorder,
+        facts: RequestFacts | None = None,
+        since: tuple[int, ...] | None = None,
+    ) -> Outcome | None:
+        """Compare and count; None when a mismatch is explained by a write during the fresh run.
+
+        A write to the scope while the fresh answer was computed changes what "fresh" means,
+        so such a mismatch says nothing about staleness and is not counted.
+        """
+        if recorder.storable:
+            comparison = compare(self.policy.comparator, cached, recorder.body)
+        else:
+            comparison = compare(_fresh_failed, cached, b"")
+        outcome = comparison.outcome
+        if (
+            outcome is Outcome.MISMATCH
+            and facts is not None
+            and since is not None
+            and await self.gate.results.changed_since(facts, since)
+        ):
+            return None
+        span = tracing.tracer.start_span("cachegate.compare")
+        if span.is_recording():
             span.set_attributes(
                 {
                     tracing.LAYER: LAYER,
@@ -333,6 +353,7 @@ class CacheResponder:
                     "cachegate.comparison": kind,
                 }
             )
+        span.end()
         self.gate.metrics.comparisons.labels(LAYER, kind, outcome.value).inc()
         if outcome is Outcome.MISMATCH:
             self.gate.mismatches.record(

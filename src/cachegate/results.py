@@ -135,6 +135,14 @@ class ResultCache:
             return entry
         return entry
 
+    async def changed_since(self, facts: RequestFacts, generations: tuple[int, ...]) -> bool:
+        """Whether the scope was invalidated since `generations` were read (False if unknown)."""
+        try:
+            found = await self.store.lookup(facts.key, facts.generation_keys)
+        except StoreError:
+            return False
+        return found.generations != generations
+
     async def drop(self, facts: RequestFacts) -> None:
         """Delete a request's entry (a verified-stale one); store errors are ignored."""
         await self._delete(facts.key)
