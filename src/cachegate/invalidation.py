@@ -7,6 +7,7 @@ for that scope and retries in the background until the store takes it.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 
 from cachegate.keys import KeySpace, Scope
@@ -34,7 +35,8 @@ class Invalidator:
         self.keyspace = keyspace
         self.metrics = metrics
         self.retry_interval = retry_interval
-        self._pending: dict[str, set[str | None]] = {}
+        self._pending: dict[str, dict[str | None, int]] = {}
+        self._sequence = itertools.count(1)
         self._retrying: asyncio.Task[None] | None = None
 
     async def invalidate(self, scope: Scope, reason: str = "api") -> bool:
@@ -69,11 +71,13 @@ class Invalidator:
         return sum(len(subjects) for subjects in self._pending.values())
 
     def _keep_pending(self, scope: Scope) -> None:
-        subjects = self._pending.setdefault(scope.tenant, set())
-        subjects.add(scope.subject)
+        """Mark `scope` pending under a new sequence number, so a retry that was already in
+        flight before this failure cannot clear it."""
+        subjects = self._pending.setdefault(scope.tenant, {})
+        subjects[scope.subject] = next(self._sequence)
         if len(subjects) > MAX_PENDING_SUBJECTS:
             subjects.clear()
-            subjects.add(None)
+            subjects[None] = next(self._sequence)
         if self._retrying is None or self._retrying.done():
             self._retrying = asyncio.get_running_loop().create_task(self._retry())
 
@@ -82,13 +86,14 @@ class Invalidator:
             await asyncio.sleep(self.retry_interval)
             try:
                 for tenant, subjects in list(self._pending.items()):
-                    for subject in list(subjects):
+                    for subject, sequence in list(subjects.items()):
                         await self.store.bump(
                             self.keyspace.invalidation_keys(Scope(tenant, subject))
                         )
-                        subjects.discard(subject)
-                    if not subjects:
-                        self._pending.pop(tenant, None)
+                        if subjects.get(subject) == sequence:
+                            del subjects[subject]
+                    if not subjects and self._pending.get(tenant) is subjects:
+                        del self._pending[tenant]
             except Exception:
                 continue
 
