@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 import redis
+from support.redis_cluster import redis_cluster  # noqa: F401  (a private 3-master cluster)
 from unleash_server import unleash_server  # noqa: F401  (the session's real Unleash server)
 
 from cachegate.store import MemoryStore, RedisStore, Store
@@ -60,11 +61,19 @@ def redis_url() -> str:
     return REDIS_URL
 
 
-@pytest.fixture(params=["memory", "redis"])
+@pytest.fixture(params=["memory", "redis", "cluster"])
 async def store(request: pytest.FixtureRequest, namespace: str) -> AsyncIterator[Store]:
     """Each store implementation in turn; Redis keys are cleaned up after the test."""
     if request.param == "memory":
         yield MemoryStore()
+        return
+    if request.param == "cluster":
+        url = request.getfixturevalue("redis_cluster").url
+        cluster_store = RedisStore.from_url(url, cluster=True, deadline=1.0)
+        try:
+            yield cluster_store
+        finally:
+            await cluster_store.aclose()
         return
     url = request.getfixturevalue("redis_url")
     redis_store = RedisStore.from_url(url, deadline=1.0)

@@ -161,11 +161,11 @@ async def test_the_write_response_is_not_sent_before_the_bump(build: Build, stor
     h = build()
     await warm(h, ("t1", "c1"))
     generation_keys = h.gate.keyspace.generation_keys(Scope("t1", "c1"))
-    before = (await store.lookup("unused", generation_keys)).generations
+    before = (await store.lookup(generation_keys[0] + ":unused", generation_keys)).generations
     seen_at_send: list[tuple[str, tuple[int, ...]]] = []
 
     async def on_send(message: Message) -> None:
-        now = (await store.lookup("unused", generation_keys)).generations
+        now = (await store.lookup(generation_keys[0] + ":unused", generation_keys)).generations
         seen_at_send.append((message["type"], now))
 
     exchange = await drive(

@@ -59,8 +59,8 @@ async def stored_values(store: Store, namespace: str) -> list[bytes]:
     if isinstance(inner, MemoryStore):
         return [v for v, _, _ in inner._items.values() if isinstance(v, bytes)]
     assert isinstance(inner, RedisStore)
-    keys = await inner.client.keys(f"{namespace}:*")
-    return [v for v in await inner.client.mget(keys) if v is not None] if keys else []
+    keys = [key async for key in inner.client.scan_iter(match=f"{namespace}:*")]  # every node
+    return [v for v in await inner.get_many(keys) if v is not None]
 
 
 def duration_count(h: Harness, path: str, route: str = "/ai/query") -> float:

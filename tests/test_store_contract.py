@@ -53,7 +53,7 @@ async def test_generations_start_random_nonzero_and_stay_put(store: Store, names
     assert len(first) == 2
     assert all(g != MISSING_GENERATION and g > 0 for g in first)
     assert await store.generations(gens) == first  # stable: never re-created
-    assert (await store.lookup("unused", gens)).generations == first
+    assert (await store.lookup(gens[0] + ":unused", gens)).generations == first
     starts = set(first) | set(await store.generations(other))
     assert len(starts) == 4  # random starts (two equal would be a 1 in 2**60 event)
     assert all(g < 2**62 for g in starts)
@@ -77,7 +77,7 @@ async def test_bump_of_a_missing_generation_creates_a_random_one(
 ) -> None:
     _, gens = entry_and_generations(namespace)
     await store.bump(gens)
-    bumped = (await store.lookup("unused", gens)).generations
+    bumped = (await store.lookup(gens[0] + ":unused", gens)).generations
     assert all(g > 1 for g in bumped)  # a random start, advanced; never 0 or 1
     assert bumped[0] != bumped[1]
     assert await store.generations(gens) == bumped
