@@ -7,9 +7,18 @@ text are never labels.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable, Sequence
 
-from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import (
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+from prometheus_client.multiprocess import MultiProcessCollector
 
 LAYERS = ("query_result", "embedding")
 """Values of `cache_layer`: L1 result cache and L2 embedding cache, as in the original service."""
@@ -282,6 +291,18 @@ class RouteMetrics:
         first, second = self.decisions[l1, l2]
         first.inc()
         second.inc()
+
+
+def exposition(registry: CollectorRegistry = REGISTRY) -> bytes:
+    """The text a `/metrics` endpoint serves for `registry`.
+
+    With `PROMETHEUS_MULTIPROC_DIR` set (several worker processes), the default registry is
+    replaced by one that sums every worker's files, so any worker answers for all of them.
+    """
+    if registry is REGISTRY and os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        registry = CollectorRegistry()
+        MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+    return generate_latest(registry)
 
 
 _defaults: dict[str, Metrics] = {}

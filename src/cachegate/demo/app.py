@@ -29,7 +29,6 @@ from prometheus_client import (
     REGISTRY,
     CollectorRegistry,
     Counter,
-    generate_latest,
 )
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -42,6 +41,7 @@ from cachegate.embeddings import AsyncEmbedClient, CachedEmbedder
 from cachegate.flags import UnknownStageError
 from cachegate.gate import CacheGate
 from cachegate.keys import Normalization, normalize_text
+from cachegate.metrics import exposition
 from cachegate.middleware import CacheGateMiddleware
 from cachegate.policy import Policy, WriteRule, body_field, header
 from cachegate.shadow import JsonComparator
@@ -344,7 +344,7 @@ def create_app(
         return JSONResponse({"session_id": session_id, "client_id": session.client_id})
 
     async def metrics(request: Request) -> Response:
-        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+        return Response(exposition(registry), media_type=CONTENT_TYPE_LATEST)
 
     async def stage(request: Request) -> Response:
         if not _loopback(request):
