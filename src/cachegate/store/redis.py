@@ -16,8 +16,6 @@ from typing import Any, TypeVar
 from prometheus_client import Histogram
 from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
 from redis.exceptions import RedisClusterException, RedisError
 
 from cachegate.breaker import BreakerState, CircuitBreaker
@@ -30,6 +28,7 @@ from cachegate.store.base import (
     StoreUnavailable,
     random_generation,
 )
+from cachegate.store.urls import connect
 
 T = TypeVar("T")
 RedisClient = Redis | RedisCluster
@@ -76,17 +75,15 @@ class RedisStore:
         deadline: float = 0.05,
         **kwargs: Any,
     ) -> RedisStore:
-        """Connect to `url` (`redis://`, `rediss://`, `unix://`) with retries off."""
-        options: dict[str, Any] = {
-            "retry": Retry(NoBackoff(), 0),
-            "socket_connect_timeout": max(deadline * 10, 1.0),
-            "socket_timeout": max(kwargs.get("invalidation_deadline", 1.0), 1.0),
-        }
-        client: RedisClient
-        if cluster:
-            client = RedisCluster.from_url(url, **options)
-        else:
-            client = Redis.from_url(url, health_check_interval=0, **options)
+        """Connect to `url` with retries off: `redis://`, `rediss://` (TLS, `ssl_*` query
+        parameters), `unix://`, an ACL `user:password@`, `redis+sentinel://` (see
+        `cachegate.store.urls`); `cluster=True` for a Redis Cluster."""
+        client: RedisClient = connect(
+            url,
+            cluster=cluster,
+            connect_timeout=max(deadline * 10, 1.0),
+            socket_timeout=max(kwargs.get("invalidation_deadline", 1.0), 1.0),
+        )
         return cls(client, deadline=deadline, **kwargs)
 
     def _breaker_changed(self, state: BreakerState) -> None:
