@@ -21,7 +21,7 @@ from typing import Any
 from benchmarks import report
 from benchmarks.harness import REPO, RedisServer, delete_prefix, machine, percentile
 
-GROUPS = ("inprocess", "uvicorn", "l2", "flags", "invalidation")
+GROUPS = ("inprocess", "uvicorn", "l2", "flags", "invalidation", "encryption")
 RESULTS = REPO / "benchmarks" / "results"
 
 
@@ -63,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     namespace = f"cgbench{os.getpid()}"
     started = time.monotonic()
     load_start = os.getloadavg()[0]
-    inproc = http = l2_result = inval = flags = None
+    inproc = http = l2_result = inval = flags = encryption = None
     notes: list[str] = []
     with RedisServer(cpu=1) as server:
         url = server.url
@@ -97,6 +97,11 @@ def main(argv: list[str] | None = None) -> int:
 
                 log("invalidation at growing entry counts ...")
                 inval = invalidation.main_sync(url, namespace, quick=quick)
+            if "encryption" in groups:
+                from benchmarks import encryption as encryption_group
+
+                log("encryption at rest ...")
+                encryption = encryption_group.run(url, namespace, quick=quick)
         finally:
             delete_prefix(url, namespace)
     elapsed = time.monotonic() - started
@@ -123,6 +128,7 @@ def main(argv: list[str] | None = None) -> int:
         inval=inval,
         flags=flags,
         notes=notes,
+        encryption=encryption,
     )
     RESULTS.mkdir(parents=True, exist_ok=True)
     if args.out is not None:
@@ -142,9 +148,16 @@ def main(argv: list[str] | None = None) -> int:
         "l2": _jsonable(l2_result),
         "invalidation": _jsonable(inval),
         "flags": _jsonable(flags),
+        "encryption": _jsonable(encryption),
     }
     if not quick and args.out is None:
-        for container in (raw["inprocess"], raw["l2"], raw["invalidation"], raw["flags"]):
+        for container in (
+            raw["inprocess"],
+            raw["l2"],
+            raw["invalidation"],
+            raw["flags"],
+            raw["encryption"],
+        ):
             _drop_values(container)
         (RESULTS / "latest.json").write_text(json.dumps(raw, indent=1) + "\n", encoding="utf-8")
     print(text)

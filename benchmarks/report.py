@@ -6,6 +6,8 @@ import math
 from dataclasses import dataclass
 from statistics import median
 
+from benchmarks.encryption import EncryptionResult
+from benchmarks.encryption import render as render_encryption
 from benchmarks.flag_cost import FlagResult
 from benchmarks.harness import Samples
 from benchmarks.invalidation import InvalidationResult
@@ -252,6 +254,7 @@ def render(
     inval: InvalidationResult | None,
     flags: FlagResult | None,
     notes: list[str],
+    encryption: EncryptionResult | None = None,
 ) -> str:
     lines = [f"# {title}", ""]
     lines += _table(["machine", ""], [[k, v] for k, v in machine.items()])
@@ -498,6 +501,9 @@ def render(
             ]
             lines += _table(["request", "median", "p95", "ratio vs StaticRollout"], rows)
             lines.append("")
+
+    if encryption is not None:
+        lines += render_encryption(encryption)
 
     if notes:
         lines += ["## Notes", ""] + [f"- {note}" for note in notes] + [""]
