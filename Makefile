@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: install run replay bench bench-quick bench-deps test lint typecheck pytest system-deps clean
+.PHONY: install run replay bench bench-quick bench-deps soak test lint typecheck pytest system-deps clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -37,7 +37,7 @@ BENCH_STAMP := $(BENCH)/.installed
 $(BENCH_STAMP): pyproject.toml benchmarks/requirements.txt
 	test -x $(BENCH)/bin/python || $(PYTHON) -m venv $(BENCH)
 	$(BENCH)/bin/python -m pip install -q --upgrade pip
-	$(BENCH)/bin/python -m pip install -q -e . -r benchmarks/requirements.txt
+	$(BENCH)/bin/python -m pip install -q -e '.[crypto]' -r benchmarks/requirements.txt
 	touch $@
 
 bench-deps:
@@ -49,6 +49,13 @@ bench: $(BENCH_STAMP) bench-deps
 
 bench-quick: $(BENCH_STAMP) bench-deps
 	$(BENCH)/bin/python -m benchmarks --quick
+
+# 200 clients for 60 s through uvicorn against a private redis-server; writes
+# benchmarks/results/soak.md and fails on any failed request or memory growth.
+soak: install
+	@command -v redis-server >/dev/null || \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server)
+	$(BIN)/python -m benchmarks.soak
 
 # Debian packages the suite uses (promtool and prometheus); installed only when missing.
 system-deps: $(UNLEASH)

@@ -59,8 +59,7 @@ class CacheGate:
         self.store: Store = store if store is not None else MemoryStore()
         self.keyspace = KeySpace(namespace)
         self.metrics = metrics if metrics is not None else default_metrics()
-        if isinstance(self.store, RedisStore) and self.store.metrics is None:
-            self.store.metrics = self.metrics
+        self._attach_metrics(self.store)
         self.router = Router([*policies, *write_rules])
         self.rollout: Rollout = rollout if rollout is not None else StaticRollout()
         self.results = ResultCache(
@@ -84,6 +83,17 @@ class CacheGate:
         self.route_metrics = {
             policy.route: RouteMetrics(self.metrics, policy.route) for policy in policies
         }
+
+    def _attach_metrics(self, store: object) -> None:
+        """Give the store (and a store it wraps) this cache's metrics unless it has its own."""
+        if isinstance(store, RedisStore) and store.metrics is None:
+            store.metrics = self.metrics
+        inner = getattr(store, "inner", None)
+        if inner is not None:
+            self._attach_metrics(inner)
+        if hasattr(store, "on_reject") and store.on_reject is None:
+            counter = self.metrics.encrypted_rejected
+            store.on_reject = lambda reason: counter.labels(reason).inc()
 
     async def invalidate(
         self, tenant: str, subject: str | None = None, *, reason: str = "api"

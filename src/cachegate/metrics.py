@@ -41,6 +41,7 @@ BYPASS_REASONS = (
     "store_error",
     "disconnected",
 )
+ENCRYPTION_REJECTS = ("unknown_key", "invalid")
 SINGLE_FLIGHT_OUTCOMES = ("shared", "timeout", "not_shared")
 UNCACHEABLE_REASONS = (
     "status",
@@ -206,6 +207,13 @@ class Metrics:
             namespace=ns,
             registry=reg,
         )
+        self.encrypted_rejected = Counter(
+            "encrypted_values_rejected",
+            "Encrypted values read as misses: under an unknown (retired) key, or not authentic.",
+            ["reason"],
+            namespace=ns,
+            registry=reg,
+        )
         self.cost_avoided = Counter(
             "cost_avoided_dollars",
             "Estimated money avoided by hits, in dollars.",
@@ -243,6 +251,8 @@ class Metrics:
             self.store_duration.labels(operation)
             for kind in STORE_FAILURES:
                 self.store_failures.labels(operation, kind)
+        for reason in ENCRYPTION_REJECTS:
+            self.encrypted_rejected.labels(reason)
         for outcome in SINGLE_FLIGHT_OUTCOMES:
             self.single_flight.labels(outcome)
         self.initialise_routes(routes, reasons)
