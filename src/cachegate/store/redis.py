@@ -16,7 +16,6 @@ from typing import Any, TypeVar
 from prometheus_client import Histogram
 from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
-from redis.exceptions import RedisClusterException, RedisError
 
 from cachegate.breaker import BreakerState, CircuitBreaker
 from cachegate.metrics import Metrics
@@ -64,6 +63,8 @@ class RedisStore:
         self.metrics = metrics
         self.breaker = breaker or CircuitBreaker(on_change=self._breaker_changed)
         self._cluster = isinstance(client, RedisCluster)
+        self._unready = self._cluster
+        self._ready_lock = asyncio.Lock()
         self._durations: dict[str, Histogram] = {}
 
     @classmethod
@@ -107,11 +108,13 @@ class RedisStore:
         started = time.perf_counter()
         try:
             async with asyncio.timeout(deadline):
+                if self._unready:
+                    await self._initialize_cluster()
                 result = await call()
         except TimeoutError as error:
             self._failed(operation, "timeout")
             raise StoreTimeout(f"{operation}: no answer within {deadline:.3f}s") from error
-        except (RedisError, RedisClusterException, OSError) as error:
+        except Exception as error:  # redis-py can fail with more than RedisError: fail open
             self._failed(operation, "error")
             raise StoreError(f"{operation}: {type(error).__name__}") from error
         except BaseException:
@@ -124,6 +127,15 @@ class RedisStore:
                 duration = self._durations[operation] = metrics.store_duration.labels(operation)
             duration.observe(time.perf_counter() - started)
         return result
+
+    async def _initialize_cluster(self) -> None:
+        """Discover a Cluster's topology once, before the first command: redis-py 8.1 drops
+        connections under concurrent first commands when it initialises lazily."""
+        async with self._ready_lock:
+            if self._unready:
+                assert isinstance(self.client, RedisCluster)
+                await self.client.initialize()
+                self._unready = False
 
     def _failed(self, operation: str, kind: str) -> None:
         self.breaker.failure()
