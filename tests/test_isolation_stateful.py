@@ -134,7 +134,7 @@ class CacheMachine(RuleBasedStateMachine):
             assert number > computations_before  # computed for this very request
             self.computed[number] = (*asked, version_at_start)
         else:
-            assert path == "hit", path
+            assert path == "hit", (path, self.harness.bypass_counts())
             assert self.computed[number][:3] == asked, "served another scope's answer"
             assert self.computed[number][3] == self.model.version(asked[0], asked[1]), (
                 "served an answer computed before an invalidation"
