@@ -74,6 +74,7 @@ class RedisStore:
         *,
         cluster: bool = False,
         deadline: float = 0.05,
+        max_connections: int = 64,
         **kwargs: Any,
     ) -> RedisStore:
         """Connect to `url` with retries off: `redis://`, `rediss://` (TLS, `ssl_*` query
@@ -84,6 +85,7 @@ class RedisStore:
             cluster=cluster,
             connect_timeout=max(deadline * 10, 1.0),
             socket_timeout=max(kwargs.get("invalidation_deadline", 1.0), 1.0),
+            max_connections=max_connections,
         )
         return cls(client, deadline=deadline, **kwargs)
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl, unquote
 
-from redis.asyncio import Redis
+from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel
@@ -98,9 +98,19 @@ def parse_sentinel_url(url: str) -> SentinelURL:
 
 
 def connect(
-    url: str, *, cluster: bool, connect_timeout: float, socket_timeout: float
+    url: str,
+    *,
+    cluster: bool,
+    connect_timeout: float,
+    socket_timeout: float,
+    max_connections: int = 64,
 ) -> Redis | RedisCluster:
-    """A redis-py asyncio client for `url` with retries off (`Redis` or `RedisCluster`)."""
+    """A redis-py asyncio client for `url` with retries off (`Redis` or `RedisCluster`).
+
+    A single node gets a blocking pool of `max_connections`: past it, a call waits for a free
+    connection (bounded by the store's deadline) instead of failing with `MaxConnectionsError`,
+    which under a burst of concurrent requests would open the breaker for nothing.
+    """
     options: dict[str, Any] = {
         "retry": Retry(NoBackoff(), 0),
         "socket_connect_timeout": connect_timeout,
@@ -130,4 +140,9 @@ def connect(
         return master
     if cluster:
         return RedisCluster.from_url(url, **options)
-    return Redis.from_url(url, health_check_interval=0, **options)
+    pool = BlockingConnectionPool.from_url(
+        url, max_connections=max_connections, timeout=None, health_check_interval=0, **options
+    )
+    client = Redis(connection_pool=pool)
+    client.auto_close_connection_pool = True
+    return client
