@@ -1,0 +1,87 @@
+"""Unleash stopped mid-load: the last flag state holds and no request fails; restarted: a change
+made in the dashboard is picked up again. Through uvicorn, on a redis-server this test spawns."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator
+
+import pytest
+from conftest import missing
+from support.apps import Harness
+from support.redis_server import RedisServer, redis_server_binary, running_redis
+from test_faults import assert_no_failures, load, serving
+from unleash_server import UnleashServer
+
+from cachegate.flagadmin import apply_stage
+from cachegate.flags import FLAG_KILL_SWITCH, FlagRollout, UnleashFlags, stage_path
+from cachegate.rollout import Mode
+from cachegate.store import RedisStore
+
+pytestmark = [pytest.mark.anyio, pytest.mark.slow]
+
+TENANTS = ("t1", "t2", "t3", "t4")
+
+
+@pytest.fixture
+def server() -> Iterator[RedisServer]:
+    binary = redis_server_binary()
+    if binary is None:
+        missing("redis-server")
+    assert binary is not None
+    with running_redis(binary) as spawned:
+        yield spawned
+
+
+async def _until(check: object, what: str, within: float = 20.0) -> None:
+    deadline = time.monotonic() + within
+    while not check():  # type: ignore[operator]
+        if time.monotonic() > deadline:
+            pytest.fail(f"not within {within} s: {what}")
+        await asyncio.sleep(0.1)
+
+
+async def test_unleash_stopped_mid_load_keeps_the_last_state(
+    server: RedisServer, namespace: str, unleash_server: UnleashServer
+) -> None:
+    apply_stage(unleash_server.url, unleash_server.admin_token, "l1-100")
+    source = UnleashFlags.connect(unleash_server.settings(), bootstrap=stage_path("off"))
+    rollout = FlagRollout(source)
+    await rollout.start(wait=10)
+    store = RedisStore.from_url(server.url, deadline=0.2)
+    h = Harness(store=store, namespace=namespace, rollout=rollout)
+    try:
+        await _until(
+            lambda: all(rollout.decide(t).l1 is Mode.SERVE for t in TENANTS), "stage l1-100"
+        )
+        async with serving(h.app) as url:
+
+            async def stop_unleash() -> None:
+                await asyncio.sleep(1.0)
+                await asyncio.to_thread(unleash_server.stop)
+
+            during = await load(url, 5.0, clients=10, during=stop_unleash)
+            assert_no_failures(during)
+            late = [r for r in during if r.started > during[0].started + 3.0]
+            assert late and {r.path for r in late} == {"hit"}, "the last state (serve) must hold"
+
+            await asyncio.to_thread(unleash_server.start)
+            unleash_server.switch(FLAG_KILL_SWITCH, on=True)
+            await _until(
+                lambda: all(rollout.decide(t).l1 is Mode.OFF for t in TENANTS),
+                "the kill switch after the restart",
+                within=30.0,
+            )
+
+            async def nothing() -> None:
+                return None
+
+            after = await load(url, 1.0, clients=10, during=nothing)
+            assert_no_failures(after)
+            assert {r.path for r in after} == {"bypass"}
+    finally:
+        unleash_server.switch(FLAG_KILL_SWITCH, on=False)
+        await h.aclose()
+        await rollout.aclose()
+        await store.aclose()
