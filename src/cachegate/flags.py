@@ -95,6 +95,8 @@ STAGE_ENV = "CACHEGATE_STAGE"
 DEFAULT_STAGE = "off"
 
 _REPO_FLAGS_DIR = Path(__file__).resolve().parents[2] / "flags"
+_PACKAGED_FLAGS_DIR = Path(__file__).resolve().parent / "stages"
+"""Where a wheel carries the repository's `flags/` (pyproject's force-include)."""
 
 
 # --- stage files -------------------------------------------------------------------------------
@@ -105,10 +107,13 @@ class UnknownStageError(ValueError):
 
 
 def flags_dir(environ: Mapping[str, str] | None = None) -> Path:
-    """The directory of stage files: `$CACHEGATE_FLAGS_DIR`, else the repository's `flags/`."""
+    """The directory of stage files: `$CACHEGATE_FLAGS_DIR`, else the repository's `flags/`
+    (in a checkout), else the copy an installed wheel carries."""
     env = os.environ if environ is None else environ
     override = env.get(FLAGS_DIR_ENV)
-    return Path(override) if override else _REPO_FLAGS_DIR
+    if override:
+        return Path(override)
+    return _REPO_FLAGS_DIR if _REPO_FLAGS_DIR.is_dir() else _PACKAGED_FLAGS_DIR
 
 
 def stages(environ: Mapping[str, str] | None = None) -> list[str]:
