@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 
 import pytest
 import redis
 from support.redis_cluster import redis_cluster  # noqa: F401  (a private 3-master cluster)
+from support.redis_server import RedisServer, redis_server_binary, running_redis
 from unleash_server import unleash_server  # noqa: F401  (the session's real Unleash server)
 
 from cachegate.store import MemoryStore, RedisStore, Store
@@ -82,3 +83,14 @@ async def store(request: pytest.FixtureRequest, namespace: str) -> AsyncIterator
     finally:
         await redis_store.aclose()
         delete_namespace(url, namespace)
+
+
+@pytest.fixture
+def spawned_redis() -> Iterator[RedisServer]:
+    """A private redis-server on a free port, for tests that stop, pause or restart it."""
+    binary = redis_server_binary()
+    if binary is None:
+        missing("redis-server")
+    assert binary is not None
+    with running_redis(binary) as spawned:
+        yield spawned

@@ -4,13 +4,12 @@ spawns on a free port (never the shared one), stops, pauses and starts again."""
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 
 import anyio
 import pytest
-from conftest import missing
 from support.apps import Harness
-from support.redis_server import RedisServer, redis_server_binary, running_redis
+from support.redis_server import RedisServer
 
 from cachegate.breaker import BreakerState
 from cachegate.store import RedisStore
@@ -21,13 +20,8 @@ DEADLINE = 0.05
 
 
 @pytest.fixture
-def server() -> Iterator[RedisServer]:
-    binary = redis_server_binary()
-    if binary is None:
-        missing("redis-server")
-    assert binary is not None
-    with running_redis(binary) as spawned:
-        yield spawned
+def server(spawned_redis: RedisServer) -> RedisServer:
+    return spawned_redis
 
 
 @pytest.fixture

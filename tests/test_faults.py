@@ -12,7 +12,7 @@ import asyncio
 import itertools
 import json
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
@@ -20,13 +20,12 @@ import httpx
 import pytest
 import redis
 import uvicorn
-from conftest import missing
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from support.apps import TENANT_HEADER, Harness
-from support.redis_server import RedisServer, free_port, redis_server_binary, running_redis
+from support.redis_server import RedisServer, free_port
 from support.tcp_proxy import TcpProxy
 
 from cachegate import CacheGate, CacheGateMiddleware, Metrics, Policy, body_field, header
@@ -44,13 +43,8 @@ QUERIES = ("q1", "q2", "q3")
 
 
 @pytest.fixture
-def server() -> Iterator[RedisServer]:
-    binary = redis_server_binary()
-    if binary is None:
-        missing("redis-server")
-    assert binary is not None
-    with running_redis(binary) as spawned:
-        yield spawned
+def server(spawned_redis: RedisServer) -> RedisServer:
+    return spawned_redis
 
 
 @asynccontextmanager

@@ -5,12 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterator
 
 import pytest
-from conftest import missing
 from support.apps import Harness
-from support.redis_server import RedisServer, redis_server_binary, running_redis
+from support.redis_server import RedisServer
 from test_faults import assert_no_failures, load, serving
 from unleash_server import UnleashServer
 
@@ -25,13 +23,8 @@ TENANTS = ("t1", "t2", "t3", "t4")
 
 
 @pytest.fixture
-def server() -> Iterator[RedisServer]:
-    binary = redis_server_binary()
-    if binary is None:
-        missing("redis-server")
-    assert binary is not None
-    with running_redis(binary) as spawned:
-        yield spawned
+def server(spawned_redis: RedisServer) -> RedisServer:
+    return spawned_redis
 
 
 async def _until(check: object, what: str, within: float = 20.0) -> None:
