@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator, Iterator
 
 import pytest
 import redis
+from support.components import missing
 from support.redis_cluster import redis_cluster  # noqa: F401  (a private 3-master cluster)
 from support.redis_server import RedisServer, redis_server_binary, running_redis
 from unleash_server import unleash_server  # noqa: F401  (the session's real Unleash server)
@@ -19,15 +20,6 @@ from unleash_server import unleash_server  # noqa: F401  (the session's real Unl
 from cachegate.store import MemoryStore, RedisStore, Store
 
 REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
-IN_CI = os.environ.get("CI", "").lower() == "true"
-
-
-def missing(component: str) -> None:
-    """Skip locally, fail under CI: a missing component is never silently skipped in CI."""
-    message = f"{component} is not available"
-    if IN_CI:
-        pytest.fail(message + " (CI=true: missing components fail)")
-    pytest.skip(message)
 
 
 @pytest.fixture

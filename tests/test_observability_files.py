@@ -11,7 +11,6 @@ from __future__ import annotations
 import functools
 import importlib.util
 import json
-import os
 import re
 import shutil
 import subprocess
@@ -24,6 +23,7 @@ from typing import Any
 import pytest
 import yaml
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from support.components import missing
 
 from cachegate import metrics
 from cachegate.metrics import Metrics
@@ -42,10 +42,8 @@ def promtool() -> str:
     """The promtool binary; skips the test locally when it is missing, fails it under CI."""
     path = shutil.which("promtool")
     if path is None:
-        message = "promtool is not installed (Debian package `prometheus`)"
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(message + " (CI=true: missing components fail)")
-        pytest.skip(message)
+        missing("promtool (Debian package `prometheus`)")
+    assert path is not None
     return path
 
 

@@ -24,6 +24,7 @@ from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from prometheus_client import REGISTRY, CollectorRegistry, generate_latest
+from support.components import missing
 from support.redis_server import RedisServer, redis_server_binary, running_redis
 
 from cachegate import CacheGate, Decision, Metrics, Mode
@@ -64,7 +65,7 @@ def spans_recorded() -> Iterator[None]:
 def server() -> Iterator[RedisServer]:
     binary = redis_server_binary()
     if binary is None:
-        pytest.skip("redis-server is not installed")
+        missing("redis-server")
     with running_redis(binary) as spawned:
         yield spawned
 

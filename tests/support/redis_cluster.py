@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 import redis
 
+from support.components import missing
 from support.redis_server import free_port, redis_server_binary
 
 MASTERS = 3
@@ -199,8 +200,6 @@ def running_cluster(binary: str) -> Iterator[RedisCluster]:
 @pytest.fixture(scope="session")
 def redis_cluster() -> Iterator[RedisCluster]:
     """The session's private cluster (skipped locally, failed in CI, without redis-server)."""
-    from conftest import missing
-
     binary = redis_server_binary()
     if binary is None or shutil.which("redis-cli") is None:
         missing("redis-server and redis-cli (for a Redis Cluster)")
