@@ -30,6 +30,7 @@ from cachegate import (
     header,
     path_param,
 )
+from cachegate.demo.app import write_rules
 from cachegate.store import MemoryStore, Store
 
 TENANT_HEADER = "X-Tenant"
@@ -55,22 +56,8 @@ def refusal_policy(**options: Any) -> Policy:
 
 
 def session_rules() -> list[WriteRule]:
-    return [
-        WriteRule(
-            "/sessions",
-            tenant=header(TENANT_HEADER),
-            methods=frozenset({"POST"}),
-            subject=body_field("client_id"),
-            reason="session_created",
-        ),
-        WriteRule(
-            "/sessions/{session_id}",
-            tenant=header(TENANT_HEADER),
-            methods=frozenset({"PUT", "PATCH", "DELETE"}),
-            response_subject="client_id",
-            reason="session_changed",
-        ),
-    ]
+    """The demo's session write rules, with this module's tenant header."""
+    return write_rules(tenant=header(TENANT_HEADER))
 
 
 class Service:

@@ -43,7 +43,7 @@ from cachegate.gate import CacheGate
 from cachegate.keys import Normalization, normalize_text
 from cachegate.metrics import exposition
 from cachegate.middleware import CacheGateMiddleware
-from cachegate.policy import Policy, WriteRule, body_field, header
+from cachegate.policy import Extractor, Policy, WriteRule, body_field, header
 from cachegate.shadow import JsonComparator
 from cachegate.workload import Catalog
 
@@ -136,19 +136,21 @@ def policies() -> list[Policy]:
     ]
 
 
-def write_rules() -> list[WriteRule]:
-    """Session writes invalidate their client's answers."""
+def write_rules(*, tenant: Extractor | None = None) -> list[WriteRule]:
+    """Session writes invalidate their client's answers (tenant from `X-Workspace-ID` unless
+    another extractor is given)."""
+    tenant = tenant if tenant is not None else header(TENANT_HEADER)
     return [
         WriteRule(
             "/sessions",
-            tenant=header(TENANT_HEADER),
+            tenant=tenant,
             methods=frozenset({"POST"}),
             subject=body_field("client_id"),
             reason="session_created",
         ),
         WriteRule(
             "/sessions/{session_id}",
-            tenant=header(TENANT_HEADER),
+            tenant=tenant,
             methods=frozenset({"PUT", "PATCH", "DELETE"}),
             response_subject="client_id",
             reason="session_changed",
