@@ -20,76 +20,37 @@ import pytest
 import redis
 
 from support.components import missing
-from support.redis_server import free_port, redis_server_binary
+from support.redis_server import RedisServer, free_port, redis_server_binary
 
 MASTERS = 3
 
 
-class ClusterNode:
-    """One cluster node: a redis-server process with its own port and directory."""
+class ClusterNode(RedisServer):
+    """One cluster node: a redis-server with cluster mode on, its own port and directory."""
 
     def __init__(self, binary: str, port: int, directory: Path) -> None:
-        self.binary = binary
-        self.port = port
         self.bus_port = free_port()
         """The cluster bus on a free port of its own (the default, port + 10000, may be
         above 65535 or taken)."""
-        self.directory = directory
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def client(self) -> redis.Redis:
-        return redis.Redis(
-            host="127.0.0.1", port=self.port, socket_connect_timeout=1, socket_timeout=1
-        )
-
-    def start(self, timeout: float = 10.0) -> None:
-        """Spawn the node and wait until it answers PING."""
-        assert self.process is None, "already running"
-        self.process = subprocess.Popen(
-            [
-                self.binary,
-                "--port",
-                str(self.port),
-                "--bind",
-                "127.0.0.1",
+        super().__init__(
+            binary,
+            port,
+            directory=str(directory),
+            options=(
                 "--cluster-enabled",
                 "yes",
                 "--cluster-port",
                 str(self.bus_port),
                 "--cluster-config-file",
-                str(self.directory / "nodes.conf"),
+                str(directory / "nodes.conf"),
                 "--cluster-node-timeout",
                 "2000",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-                str(self.directory),
-                "--loglevel",
-                "warning",
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
+            ),
         )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"cluster node exited with {self.process.returncode}")
-            try:
-                with self.client() as client:
-                    if client.ping():
-                        return
-            except redis.RedisError:
-                time.sleep(0.02)
-        raise RuntimeError(f"cluster node on port {self.port} did not answer")
 
     def kill(self) -> None:
         """SIGKILL the node and wait for it (its data is gone, its nodes.conf stays)."""
-        process, self.process = self.process, None
-        if process is not None:
-            process.kill()
-            process.wait(timeout=10)
+        self.stop()
 
     def info(self) -> dict[str, str]:
         """`CLUSTER INFO` as a dict."""

@@ -14,7 +14,7 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
 import redis
@@ -37,10 +37,18 @@ def redis_server_binary() -> str | None:
 class RedisServer:
     """One spawned redis-server; `url` stays the same across stop/start."""
 
-    def __init__(self, binary: str, port: int | None = None) -> None:
+    def __init__(
+        self,
+        binary: str,
+        port: int | None = None,
+        *,
+        directory: str | None = None,
+        options: Sequence[str] = (),
+    ) -> None:
         self.binary = binary
         self.port = port if port is not None else free_port()
-        self._dir = tempfile.mkdtemp(prefix="cg-redis-")
+        self._dir = directory if directory is not None else tempfile.mkdtemp(prefix="cg-redis-")
+        self._options = list(options)
         self._process: subprocess.Popen[bytes] | None = None
         self.paused = False
 
@@ -72,6 +80,7 @@ class RedisServer:
                 self._dir,
                 "--loglevel",
                 "warning",
+                *self._options,
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
