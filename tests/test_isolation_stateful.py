@@ -29,6 +29,7 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 from support.apps import Harness
+from support.model import Model
 
 from cachegate.embeddings import CachedEmbedder
 from cachegate.store import MemoryStore, RedisStore, Store
@@ -51,27 +52,6 @@ def store_factory(request: pytest.FixtureRequest, kind: str, namespace: str) -> 
         return lambda: RedisStore.from_url(url, deadline=1.0)
     cluster_url = request.getfixturevalue("redis_cluster").url
     return lambda: RedisStore.from_url(cluster_url, cluster=True, deadline=1.0)
-
-
-class Model:
-    """Which invalidations each scope has seen: a tuple that changes whenever one applies."""
-
-    def __init__(self) -> None:
-        self.tenant: dict[str, int] = {}
-        self.subject: dict[tuple[str, str], int] = {}
-        self.any_subject: dict[str, int] = {}
-
-    def version(self, tenant: str, subject: str | None) -> tuple[int, int]:
-        if subject is None:
-            return (self.tenant.get(tenant, 0), self.any_subject.get(tenant, 0))
-        return (self.tenant.get(tenant, 0), self.subject.get((tenant, subject), 0))
-
-    def invalidate(self, tenant: str, subject: str | None) -> None:
-        if subject is None:
-            self.tenant[tenant] = self.tenant.get(tenant, 0) + 1
-        else:
-            self.subject[(tenant, subject)] = self.subject.get((tenant, subject), 0) + 1
-            self.any_subject[tenant] = self.any_subject.get(tenant, 0) + 1
 
 
 class CacheMachine(RuleBasedStateMachine):
