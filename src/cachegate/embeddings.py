@@ -771,7 +771,23 @@ class _AsyncCore(_Core):
         return await self.client.embed(**kwargs)
 
 
-class CachedEmbedder:
+class _Embedder:
+    """What both embedders expose besides `embed`."""
+
+    _core: _Core
+
+    @property
+    def stats(self) -> EmbedderStats:
+        """This embedder's counters."""
+        return self._core.stats
+
+    @property
+    def shadow_threshold(self) -> float:
+        """The similarity at or above which a shadow comparison of float vectors matches."""
+        return self._core.float_threshold
+
+
+class CachedEmbedder(_Embedder):
     """A drop-in cache in front of `cohere.AsyncClientV2.embed`.
 
     `await embedder.embed(texts=..., model=..., input_type=..., ...)` takes the client's
@@ -819,16 +835,6 @@ class CachedEmbedder:
             clock=clock,
         )
 
-    @property
-    def stats(self) -> EmbedderStats:
-        """This embedder's counters."""
-        return self._core.stats
-
-    @property
-    def shadow_threshold(self) -> float:
-        """The similarity at or above which a shadow comparison of float vectors matches."""
-        return self._core.float_threshold
-
     async def embed(
         self,
         *,
@@ -862,7 +868,7 @@ class _ThreadedCore(_Core):
         return await loop.run_in_executor(self.pool, functools.partial(self.client.embed, **kwargs))
 
 
-class CachedEmbedderSync:
+class CachedEmbedderSync(_Embedder):
     """A drop-in cache in front of `cohere.ClientV2.embed`, for code without an event loop.
 
     The stores are asynchronous, so this embedder owns a private event loop on a daemon thread:
@@ -920,16 +926,6 @@ class CachedEmbedderSync:
         )
         self._thread.start()
         self._closed = False
-
-    @property
-    def stats(self) -> EmbedderStats:
-        """This embedder's counters."""
-        return self._core.stats
-
-    @property
-    def shadow_threshold(self) -> float:
-        """The similarity at or above which a shadow comparison of float vectors matches."""
-        return self._core.float_threshold
 
     def embed(
         self,
