@@ -17,7 +17,15 @@ from cachegate import tracing
 from cachegate.body import Receive, RequestBody, read_body
 from cachegate.gate import CacheGate
 from cachegate.keys import Scope
-from cachegate.policy import BadRequest, Match, Policy, RequestView, WriteRule
+from cachegate.policy import (
+    BadRequest,
+    Match,
+    Policy,
+    RequestView,
+    WriteRule,
+    field_at,
+    scope_text,
+)
 from cachegate.responses import (
     ResponseRecorder,
     add_header,
@@ -190,7 +198,7 @@ class CacheResponder:
                 facts,
                 generations,
                 status=recorder.status,
-                headers=_storable(recorder),
+                headers=storable_headers(recorder.headers),
                 body=recorder.body,
             )
 
@@ -374,10 +382,6 @@ async def _miss() -> bytes:
     return b"miss"
 
 
-def _storable(recorder: ResponseRecorder) -> tuple[tuple[bytes, bytes], ...]:
-    return storable_headers(recorder.headers)
-
-
 def _copy(scope: Scope_) -> Scope_:
     copied = dict(scope)
     copied["state"] = dict(scope.get("state", {}))
@@ -438,13 +442,11 @@ class WriteResponder:
 
 
 def _safe_text(extractor: Callable[[RequestView], object], request: RequestView) -> str | None:
+    """The extracted tenant or subject; None when it cannot be read (the scope widens)."""
     try:
-        value = extractor(request)
+        return scope_text(extractor(request))
     except Exception:
         return None
-    if isinstance(value, bool) or not isinstance(value, str | int):
-        return None
-    return str(value) or None
 
 
 class HeldResponse:
@@ -488,13 +490,10 @@ class HeldResponse:
             value: object = json.loads(b"".join(chunks))
         except (ValueError, RecursionError):
             return None
-        for part in path.split("."):
-            if not isinstance(value, dict):
-                return None
-            value = value.get(part)
-        if isinstance(value, bool) or not isinstance(value, str | int):
+        try:
+            return scope_text(field_at(value, path.split(".")))
+        except TypeError:
             return None
-        return str(value) or None
 
     async def release(self) -> None:
         """Run `on_release` once, then send everything held; later messages pass straight on."""

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -102,19 +102,34 @@ def query_param(name: str) -> Extractor:
     return lambda request: request.query(name)
 
 
+def field_at(document: object, parts: Sequence[str]) -> object:
+    """The value at a path of keys in a JSON document, or None where the path does not lead."""
+    value = document
+    for part in parts:
+        if not isinstance(value, dict):
+            return None
+        value = value.get(part)
+    return value
+
+
+def scope_text(value: object) -> str | None:
+    """A tenant or subject as text: a non-empty string or an int; None when absent or empty.
+
+    Raises `TypeError` for any other value, which the caller decides how to treat.
+    """
+    if value is None:
+        return None
+    if isinstance(value, str):
+        return value or None
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    raise TypeError("a tenant or subject must be a string or an int")
+
+
 def body_field(path: str) -> Extractor:
     """A field of the JSON body; dots descend into objects (`"filters.client"`)."""
-    parts = path.split(".")
-
-    def extract(request: RequestView) -> object:
-        value: object = request.json()
-        for part in parts:
-            if not isinstance(value, dict):
-                return None
-            value = value.get(part)
-        return value
-
-    return extract
+    parts = tuple(path.split("."))
+    return lambda request: field_at(request.json(), parts)
 
 
 @dataclass(frozen=True)

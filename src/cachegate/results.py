@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from cachegate.keys import KeySpace, Scope, normalize_value
 from cachegate.metrics import Metrics
-from cachegate.policy import BadRequest, Extractor, Policy, RequestView
+from cachegate.policy import BadRequest, Extractor, Policy, RequestView, scope_text
 from cachegate.store.base import MISSING_GENERATION, Store, StoreError
 from cachegate.store.codec import CorruptEntry, Entry, decode_entry, encode_entry
 
@@ -31,14 +31,11 @@ class Found:
     generations: tuple[int, ...] | None
 
 
-def _text(value: object, what: str) -> str | None:
-    if value is None:
-        return None
-    if isinstance(value, str):
-        return value or None
-    if isinstance(value, int) and not isinstance(value, bool):
-        return str(value)
-    raise BadRequest("extractor_error") from TypeError(f"{what} must be a string or an int")
+def _text(value: object) -> str | None:
+    try:
+        return scope_text(value)
+    except TypeError as error:
+        raise BadRequest("extractor_error") from error
 
 
 class ResultCache:
@@ -59,13 +56,13 @@ class ResultCache:
 
     def tenant(self, policy: Policy, request: RequestView) -> str | None:
         """The request's tenant, or None (it bypasses). `BadRequest` if it cannot be read."""
-        return _text(_extract(policy.tenant, request), "tenant")
+        return _text(_extract(policy.tenant, request))
 
     def facts(self, policy: Policy, request: RequestView, tenant: str) -> RequestFacts:
         """Key the request. `BadRequest` when its key material cannot be read."""
         subject = None
         if policy.subject is not None:
-            subject = _text(_extract(policy.subject, request), "subject")
+            subject = _text(_extract(policy.subject, request))
         scope = Scope(tenant, subject)
         try:
             material = {
