@@ -428,12 +428,9 @@ class WriteResponder:
     async def _invalidate(self, tenant: str, subject: str | None, held: HeldResponse) -> None:
         if 400 <= held.status < 500:
             return
-        if subject is None and self.rule.response_subject is not None and held.complete:
+        if subject is None and self.rule.response_subject is not None:
             subject = held.json_field(self.rule.response_subject)
-        if self.rule.subject is not None or self.rule.response_subject is not None:
-            scope = Scope(tenant, subject)
-        else:
-            scope = Scope(tenant)
+        scope = Scope(tenant, subject)
         with tracing.tracer.start_as_current_span("cachegate.invalidate") as span:
             span.set_attributes(
                 {tracing.ROUTE: self.rule.route, "cachegate.reason": self.rule.reason}
