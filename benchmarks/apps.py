@@ -31,8 +31,8 @@ from cachegate import (
     RedisStore,
     StaticRollout,
     body_field,
-    header,
     query_param,
+    trusted_header,
 )
 from cachegate.rollout import Rollout
 
@@ -84,7 +84,7 @@ def starlette_app() -> Starlette:
 def post_policy() -> Policy:
     return Policy(
         ROUTE,
-        tenant=header("X-Workspace-ID"),
+        tenant=trusted_header("X-Workspace-ID"),
         subject=body_field("client_id"),
         key={"query": body_field("query")},
         ttl=3600,
@@ -94,7 +94,7 @@ def post_policy() -> Policy:
 def get_policy() -> Policy:
     return Policy(
         ROUTE,
-        tenant=header("X-Workspace-ID"),
+        tenant=trusted_header("X-Workspace-ID"),
         subject=query_param("client_id"),
         key={"q": query_param("q")},
         methods=frozenset({"GET"}),
@@ -171,7 +171,7 @@ def _gated(
 
 
 def no_policy(redis_url: str, namespace: str) -> Built:
-    other = Policy("/other", tenant=header("X-Workspace-ID"), key={"q": body_field("q")})
+    other = Policy("/other", tenant=trusted_header("X-Workspace-ID"), key={"q": body_field("q")})
     return _gated(other, MemoryStore(), namespace)
 
 

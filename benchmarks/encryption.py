@@ -49,7 +49,7 @@ async def _hit_path(redis_url: str, namespace: str, quick: bool) -> dict[str, Sa
     from cachegate.store.encrypted import EncryptedStore
 
     def encrypted(store: Store) -> EncryptedStore:
-        return EncryptedStore(store, {"k1": KEY}, "k1")
+        return EncryptedStore(store, {"k1": KEY}, "k1", digest_secret=b"d" * 32)
 
     built = {
         "hit, MemoryStore": _gated(MemoryStore(), f"{namespace}enc0"),
@@ -84,7 +84,7 @@ def _cipher(quick: bool) -> tuple[dict[str, Samples], int]:
     from cachegate.store.codec import Entry, encode_entry
     from cachegate.store.encrypted import EncryptedStore
 
-    store = EncryptedStore(MemoryStore(), {"k1": KEY}, "k1")
+    store = EncryptedStore(MemoryStore(), {"k1": KEY}, "k1", digest_secret=b"d" * 32)
     key = "cgbench:{t:0123456789abcdef01234567}:r:" + "ab" * 32
     headers = ((b"content-type", b"application/json"),)
     entry = encode_entry(Entry(200, headers, apps.ANSWER_BYTES, (1 << 40, 1 << 41)))

@@ -64,7 +64,7 @@ async def _scan_del(client: Any, match: str) -> int:
 async def run(redis_url: str, namespace: str, *, quick: bool) -> InvalidationResult:
     import redis.asyncio
 
-    from cachegate import CacheGate, Policy, RedisStore, header
+    from cachegate import CacheGate, Policy, RedisStore, trusted_header
     from cachegate.keys import KeySpace
 
     sizes = [1_000, 10_000, 100_000] if quick else [1_000, 100_000, 1_000_000]
@@ -74,7 +74,7 @@ async def run(redis_url: str, namespace: str, *, quick: bool) -> InvalidationRes
     client = redis.asyncio.Redis.from_url(redis_url, socket_timeout=300)
     store = RedisStore.from_url(redis_url, deadline=1.0)
     gate = CacheGate(
-        policies=[Policy("/ai/query", tenant=header("X-Workspace-ID"))],
+        policies=[Policy("/ai/query", tenant=trusted_header("X-Workspace-ID"))],
         store=store,
         namespace=namespace,
     )

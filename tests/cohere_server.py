@@ -32,12 +32,18 @@ TRUNCATE = ("NONE", "START", "END")
 
 
 @functools.lru_cache(maxsize=65_536)
-def _float_vector(model: str, input_type: str, text: str, dimension: int) -> tuple[float, ...]:
+def _unit_vector(model: str, input_type: str, text: str, dimension: int) -> tuple[float, ...]:
+    """A unit vector of float64 values, fixed per input (what the real API's JSON parses to)."""
     seed = hashlib.sha256(json.dumps([model, input_type, text, dimension]).encode("utf-8")).digest()
     rng = random.Random(seed)
     values = [rng.gauss(0.0, 1.0) for _ in range(dimension)]
     norm = math.sqrt(math.fsum(x * x for x in values))
-    unit = [x / norm for x in values]
+    return tuple(x / norm for x in values)
+
+
+@functools.lru_cache(maxsize=65_536)
+def _float_vector(model: str, input_type: str, text: str, dimension: int) -> tuple[float, ...]:
+    unit = _unit_vector(model, input_type, text, dimension)
     return struct.unpack(f"<{dimension}f", struct.pack(f"<{dimension}f", *unit))
 
 
@@ -47,12 +53,13 @@ def float_vector(model: str, input_type: str, text: str, dimension: int) -> list
 
 
 def embedding(
-    kind: str, model: str, input_type: str, text: str, dimension: int
+    kind: str, model: str, input_type: str, text: str, dimension: int, *, float64: bool = False
 ) -> list[float] | list[int] | str:
-    """The embedding of one text of one type, derived from its float embedding."""
+    """The embedding of one text of one type, derived from its float embedding (float32 values,
+    or with `float64` the full-precision ones, as Cohere's JSON decimals parse)."""
     vector = _float_vector(model, input_type, text, dimension)
     if kind == "float":
-        return list(vector)
+        return list(_unit_vector(model, input_type, text, dimension) if float64 else vector)
     if kind == "base64":
         return base64.b64encode(struct.pack(f"<{dimension}f", *vector)).decode("ascii")
     scale = 127.0 / max(abs(x) for x in vector)
@@ -100,6 +107,7 @@ class _Failure:
 class _State:
     default_dimension: int
     delay: float = 0.0
+    float64: bool = False
     calls: list[EmbedCall] = field(default_factory=list)
     failures: list[_Failure] = field(default_factory=list)
     seen: int = 0
@@ -111,8 +119,10 @@ class _State:
 class CohereServer:
     """The stand-in Cohere API. Start it, point `base_url` at `url`, read `calls`."""
 
-    def __init__(self, *, default_dimension: int = 1024, delay: float = 0.0) -> None:
-        self._state = _State(default_dimension=default_dimension, delay=delay)
+    def __init__(
+        self, *, default_dimension: int = 1024, delay: float = 0.0, float64: bool = False
+    ) -> None:
+        self._state = _State(default_dimension=default_dimension, delay=delay, float64=float64)
         state = self._state
 
         class Handler(_Handler):
@@ -287,7 +297,12 @@ class _Handler(BaseHTTPRequestHandler):
         if call.truncate is not None and call.truncate not in TRUNCATE:
             return error(400, f"invalid request: truncate {call.truncate!r} not supported")
         embeddings = {
-            kind: [embedding(kind, call.model, call.input_type, t, dimension) for t in texts]
+            kind: [
+                embedding(
+                    kind, call.model, call.input_type, t, dimension, float64=self.state.float64
+                )
+                for t in texts
+            ]
             for kind in dict.fromkeys(kinds)
         }
         body = {

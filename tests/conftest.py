@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 
 import pytest
 import redis
@@ -54,13 +55,15 @@ def redis_url() -> str:
     return REDIS_URL
 
 
-@pytest.fixture(params=["memory", "redis", "cluster"])
-async def store(request: pytest.FixtureRequest, namespace: str) -> AsyncIterator[Store]:
-    """Each store implementation in turn; Redis keys are cleaned up after the test."""
-    if request.param == "memory":
+@asynccontextmanager
+async def opened_store(
+    kind: str, request: pytest.FixtureRequest, namespace: str
+) -> AsyncIterator[Store]:
+    """A store of `kind` (`memory`, `redis`, `cluster`); Redis keys are cleaned up after."""
+    if kind == "memory":
         yield MemoryStore()
         return
-    if request.param == "cluster":
+    if kind == "cluster":
         url = request.getfixturevalue("redis_cluster").url
         cluster_store = RedisStore.from_url(url, cluster=True, deadline=1.0)
         try:
@@ -75,6 +78,20 @@ async def store(request: pytest.FixtureRequest, namespace: str) -> AsyncIterator
     finally:
         await redis_store.aclose()
         delete_namespace(url, namespace)
+
+
+@pytest.fixture(params=["memory", "redis", "cluster"])
+async def store(request: pytest.FixtureRequest, namespace: str) -> AsyncIterator[Store]:
+    """Each store implementation in turn."""
+    async with opened_store(request.param, request, namespace) as opened:
+        yield opened
+
+
+@pytest.fixture(params=["memory", "redis"])
+async def l1_store(request: pytest.FixtureRequest, namespace: str) -> AsyncIterator[Store]:
+    """`MemoryStore`, then the shared Redis: for tests that need no Cluster."""
+    async with opened_store(request.param, request, namespace) as opened:
+        yield opened
 
 
 @pytest.fixture

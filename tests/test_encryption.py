@@ -20,7 +20,14 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from cachegate import CacheGate, CacheGateMiddleware, Metrics, Policy, body_field, header
+from cachegate import (
+    CacheGate,
+    CacheGateMiddleware,
+    Metrics,
+    Policy,
+    body_field,
+    trusted_header,
+)
 from cachegate.demo.embedder import LocalEmbedder
 from cachegate.embeddings import CachedEmbedder
 from cachegate.store import MemoryStore, Store
@@ -39,7 +46,7 @@ def _ns(namespace: str, name: str) -> str:
 
 
 async def test_round_trip_and_generations_pass_through(store: Store, namespace: str) -> None:
-    encrypted = EncryptedStore(store, {"k1": K1}, "k1")
+    encrypted = EncryptedStore(store, {"k1": K1}, "k1", digest_secret=b"d" * 32)
     key, gen = _ns(namespace, "r:1"), _ns(namespace, "g:t")
     (generation,) = await encrypted.generations([gen])
     await encrypted.write(key, SECRET, 60)
@@ -67,7 +74,7 @@ async def test_round_trip_and_generations_pass_through(store: Store, namespace: 
 
 
 async def test_two_writes_of_one_value_differ(store: Store, namespace: str) -> None:
-    encrypted = EncryptedStore(store, {"k1": K1}, "k1")
+    encrypted = EncryptedStore(store, {"k1": K1}, "k1", digest_secret=b"d" * 32)
     a, b = _ns(namespace, "a"), _ns(namespace, "b")
     await encrypted.write(a, SECRET, 60)
     await encrypted.write(b, SECRET, 60)
@@ -78,11 +85,13 @@ async def test_two_writes_of_one_value_differ(store: Store, namespace: str) -> N
 
 async def test_rotation(store: Store, namespace: str) -> None:
     key = _ns(namespace, "r:rot")
-    old = EncryptedStore(store, {"k1": K1}, "k1")
+    old = EncryptedStore(store, {"k1": K1}, "k1", digest_secret=b"d" * 32)
     await old.write(key, b"written under k1", 60)
 
     rejected: list[RejectReason] = []
-    rotated = EncryptedStore(store, {"k1": K1, "k2": K2}, "k2", on_reject=rejected.append)
+    rotated = EncryptedStore(
+        store, {"k1": K1, "k2": K2}, "k2", on_reject=rejected.append, digest_secret=b"d" * 32
+    )
     assert (await rotated.lookup(key, [])).value == b"written under k1"
     await rotated.write(key + "2", b"written under k2", 60)
     raw = (await store.get_many([key + "2"]))[0]
@@ -90,7 +99,9 @@ async def test_rotation(store: Store, namespace: str) -> None:
     assert await old.get_many([key + "2"]) == [None]  # the old deployment cannot read k2
     assert old.rejected["unknown_key"] == 1
 
-    retired = EncryptedStore(store, {"k2": K2}, "k2", on_reject=rejected.append)
+    retired = EncryptedStore(
+        store, {"k2": K2}, "k2", on_reject=rejected.append, digest_secret=b"d" * 32
+    )
     assert (await retired.lookup(key, [])).value is None
     assert await retired.get_many([key, key + "2"]) == [None, b"written under k2"]
     assert retired.rejected == {"unknown_key": 2, "invalid": 0}
@@ -98,7 +109,7 @@ async def test_rotation(store: Store, namespace: str) -> None:
 
 
 async def test_tampering_is_a_miss(store: Store, namespace: str) -> None:
-    encrypted = EncryptedStore(store, {"k1": K1}, "k1")
+    encrypted = EncryptedStore(store, {"k1": K1}, "k1", digest_secret=b"d" * 32)
     key = _ns(namespace, "r:t")
     await encrypted.write(key, SECRET, 60)
     raw = (await store.get_many([key]))[0]
@@ -124,7 +135,7 @@ async def test_tampering_is_a_miss(store: Store, namespace: str) -> None:
 
 
 async def test_a_value_moved_to_another_key_fails(store: Store, namespace: str) -> None:
-    encrypted = EncryptedStore(store, {"k1": K1, "same": K1}, "k1")
+    encrypted = EncryptedStore(store, {"k1": K1, "same": K1}, "k1", digest_secret=b"d" * 32)
     a, b = _ns(namespace, "r:a"), _ns(namespace, "r:b")
     await encrypted.write(a, b"answer for a", 60)
     await encrypted.write(b, b"answer for b", 60)
@@ -140,13 +151,13 @@ async def test_a_value_moved_to_another_key_fails(store: Store, namespace: str) 
 
 
 def test_wrong_associated_data() -> None:
-    encrypted = EncryptedStore(MemoryStore(), {"k1": K1}, "k1")
+    encrypted = EncryptedStore(MemoryStore(), {"k1": K1}, "k1", digest_secret=b"d" * 32)
     data = encrypted.encrypt("ns:{t:a}:r:1", SECRET)
     assert encrypted.decrypt("ns:{t:a}:r:1", data) == SECRET
     for other in ("ns:{t:a}:r:2", "ns:{t:b}:r:1", "", "ns:{t:a}:r:1 "):
         assert encrypted.decrypt(other, data) is None
     # another deployment's key under the same id: authentication fails
-    impostor = EncryptedStore(MemoryStore(), {"k1": K2}, "k1")
+    impostor = EncryptedStore(MemoryStore(), {"k1": K2}, "k1", digest_secret=b"d" * 32)
     assert impostor.decrypt("ns:{t:a}:r:1", data) is None
     assert impostor.rejected["invalid"] == 1
 
@@ -154,7 +165,7 @@ def test_wrong_associated_data() -> None:
 @settings(max_examples=200, deadline=None)
 @given(key=st.text(max_size=200), value=st.binary(max_size=2048), noise=st.binary(max_size=80))
 def test_round_trip_property(key: str, value: bytes, noise: bytes) -> None:
-    encrypted = EncryptedStore(MemoryStore(), {"a": K3, "b": K2}, "b")
+    encrypted = EncryptedStore(MemoryStore(), {"a": K3, "b": K2}, "b", digest_secret=b"d" * 32)
     data = encrypted.encrypt(key, value)
     assert len(data) == len(value) + OVERHEAD + 1
     assert encrypted.decrypt(key, data) == value
@@ -177,12 +188,12 @@ def test_round_trip_property(key: str, value: bytes, noise: bytes) -> None:
 )
 def test_keys_are_validated(keys: dict[str, bytes], active: str, message: str) -> None:
     with pytest.raises((ValueError, TypeError), match=message):
-        EncryptedStore(MemoryStore(), keys, active)
+        EncryptedStore(MemoryStore(), keys, active, digest_secret=b"d" * 32)
 
 
 def test_all_aes_key_sizes() -> None:
     for size in (16, 24, 32):
-        encrypted = EncryptedStore(MemoryStore(), {"k": bytes(size)}, "k")
+        encrypted = EncryptedStore(MemoryStore(), {"k": bytes(size)}, "k", digest_secret=b"d" * 32)
         assert encrypted.decrypt("x", encrypted.encrypt("x", SECRET)) == SECRET
 
 
@@ -200,7 +211,7 @@ def test_import_cachegate_does_not_load_the_cipher() -> None:
 
 
 async def test_l1_entries_and_l2_vectors_are_encrypted(store: Store, namespace: str) -> None:
-    encrypted = EncryptedStore(store, {"k1": K1}, "k1")
+    encrypted = EncryptedStore(store, {"k1": K1}, "k1", digest_secret=b"d" * 32)
     raw_writes: list[tuple[str, bytes]] = []
     answer = "Ms. Example dreams of the sea"
 
@@ -235,7 +246,7 @@ async def test_l1_entries_and_l2_vectors_are_encrypted(store: Store, namespace: 
         policies=[
             Policy(
                 "/ai/query",
-                tenant=header("x-workspace-id"),
+                tenant=trusted_header("x-workspace-id"),
                 subject=body_field("client_id"),
                 key={"query": body_field("query")},
             )

@@ -28,7 +28,14 @@ from support.apps import TENANT_HEADER, Harness
 from support.redis_server import RedisServer, free_port
 from support.tcp_proxy import TcpProxy
 
-from cachegate import CacheGate, CacheGateMiddleware, Metrics, Policy, body_field, header
+from cachegate import (
+    CacheGate,
+    CacheGateMiddleware,
+    Metrics,
+    Policy,
+    body_field,
+    trusted_header,
+)
 from cachegate.breaker import BreakerState
 from cachegate.policy import RequestView
 from cachegate.store import RedisStore
@@ -306,7 +313,9 @@ async def test_an_app_that_fails_is_never_cached_and_its_error_reaches_the_calle
     store = RedisStore.from_url(server.url, deadline=DEADLINE)
     gate = CacheGate(
         policies=[
-            Policy("/ai/query", tenant=header(TENANT_HEADER), key={"q": body_field("query")})
+            Policy(
+                "/ai/query", tenant=trusted_header(TENANT_HEADER), key={"q": body_field("query")}
+            )
         ],
         store=store,
         namespace=namespace,

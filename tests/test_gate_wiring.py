@@ -10,7 +10,14 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from cachegate import CacheGate, CacheGateMiddleware, Metrics, Policy, RedisStore, header
+from cachegate import (
+    CacheGate,
+    CacheGateMiddleware,
+    Metrics,
+    Policy,
+    RedisStore,
+    trusted_header,
+)
 from cachegate.store import MemoryStore
 from cachegate.store.encrypted import EncryptedStore
 
@@ -19,7 +26,7 @@ pytestmark = pytest.mark.anyio
 
 def _gate(store: EncryptedStore, namespace: str, registry: CollectorRegistry) -> CacheGate:
     return CacheGate(
-        policies=[Policy("/ask", tenant=header("x-workspace-id"))],
+        policies=[Policy("/ask", tenant=trusted_header("x-workspace-id"))],
         store=store,
         namespace=namespace,
         metrics=Metrics(registry=registry),
@@ -40,10 +47,10 @@ async def _ask(gate: CacheGate) -> str:
 
 async def test_a_value_under_a_retired_key_is_a_counted_miss(namespace: str) -> None:
     shared = MemoryStore()
-    old = EncryptedStore(shared, keys={"k1": b"1" * 32}, active="k1")
+    old = EncryptedStore(shared, keys={"k1": b"1" * 32}, active="k1", digest_secret=b"d" * 32)
     assert await _ask(_gate(old, namespace, CollectorRegistry())) == "miss"
     registry = CollectorRegistry()
-    rotated = EncryptedStore(shared, keys={"k2": b"2" * 32}, active="k2")
+    rotated = EncryptedStore(shared, keys={"k2": b"2" * 32}, active="k2", digest_secret=b"d" * 32)
     assert await _ask(_gate(rotated, namespace, registry)) == "miss"
     rejected = registry.get_sample_value(
         "cachegate_encrypted_values_rejected_total", {"reason": "unknown_key"}
@@ -55,7 +62,9 @@ async def test_a_wrapped_redis_store_reports_store_metrics(redis_url: str, names
     registry = CollectorRegistry()
     redis_store = RedisStore.from_url(redis_url, deadline=1.0)
     gate = _gate(
-        EncryptedStore(redis_store, keys={"k": b"k" * 16}, active="k"), namespace, registry
+        EncryptedStore(redis_store, keys={"k": b"k" * 16}, active="k", digest_secret=b"d" * 32),
+        namespace,
+        registry,
     )
     try:
         assert await _ask(gate) == "miss"

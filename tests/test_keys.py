@@ -17,7 +17,15 @@ from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
 from redis.crc import key_slot
 
-from cachegate import CacheGate, Metrics, Normalization, Policy, RequestView, body_field, header
+from cachegate import (
+    CacheGate,
+    Metrics,
+    Normalization,
+    Policy,
+    RequestView,
+    body_field,
+    trusted_header,
+)
 from cachegate import keys as keys_module
 from cachegate.keys import KeySpace, Scope, normalize_value
 
@@ -141,7 +149,7 @@ def test_subject_none_and_empty_subject_are_different_scopes() -> None:
 
 
 def test_schema_version_is_part_of_the_key() -> None:
-    assert keys_module.KEY_SCHEMA_VERSION == 1
+    assert keys_module.KEY_SCHEMA_VERSION == 2  # 2: path parameters are always key material
     assert entry_key({**BASE, "version": 1}) != entry_key({**BASE, "version": 2})
 
 
@@ -300,7 +308,7 @@ def policy_key(normalization: Normalization | None, **body: object) -> str:
         options = {} if normalization is None else {"normalization": normalization}
         policy = Policy(
             "/ai/query",
-            tenant=header("x-tenant"),
+            tenant=trusted_header("x-tenant"),
             subject=body_field("client_id"),
             key={"query": body_field("query"), "filters": body_field("filters")},
             **options,

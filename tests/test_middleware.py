@@ -24,6 +24,7 @@ from cachegate import (
     StaticRollout,
     body_field,
     header,
+    trusted_header,
 )
 from cachegate.store import MemoryStore, RedisStore, Store
 
@@ -164,7 +165,7 @@ async def test_hit_drops_hop_by_hop_headers_and_recomputes_content_length(namesp
         await send({"type": "http.response.body", "body": b"hello"})
 
     gate = CacheGate(
-        policies=[Policy("/x", tenant=header("x-tenant"))],
+        policies=[Policy("/x", tenant=trusted_header("x-tenant"))],
         namespace=namespace,
         metrics=Metrics(registry=CollectorRegistry()),
     )
@@ -270,7 +271,7 @@ async def test_streamed_responses_pass_through_chunk_by_chunk(namespace: str) ->
         await send({"type": "http.response.body", "body": b"", "more_body": False})
 
     gate = CacheGate(
-        policies=[Policy("/x", tenant=header("x-tenant"))],
+        policies=[Policy("/x", tenant=trusted_header("x-tenant"))],
         namespace=namespace,
         metrics=Metrics(registry=CollectorRegistry()),
     )
@@ -313,7 +314,7 @@ def recording_gate(namespace: str, **options: Any) -> CacheGate:
         policies=[
             Policy(
                 "/ai/query",
-                tenant=header("x-tenant"),
+                tenant=trusted_header("x-tenant"),
                 subject=body_field("client_id"),
                 key={"query": body_field("query")},
             )
@@ -481,10 +482,10 @@ BAD_INPUT = [
     ("invalid_json", b'{"query": "sleep', {}, 400, "invalid_json"),
     ("non_utf8", b'{"query": "\xff\xfe sleep"}', {}, 400, "invalid_utf8"),
     ("missing_tenant", b'{"query": "sleep"}', {TENANT_HEADER: None}, 401, "no_tenant"),
-    ("empty_tenant", b'{"query": "sleep"}', {TENANT_HEADER: ""}, 401, "no_tenant"),
+    ("empty_tenant", b'{"query": "sleep"}', {TENANT_HEADER: ""}, 401, "empty_value"),
     ("oversized", json.dumps({"query": "s" * 5000}).encode(), {}, 200, "body_too_large"),
     ("huge_headers", b'{"query": "sleep"}', {"X-Padding": "p" * 20_000}, 200, "headers_too_large"),
-    ("odd_subject", b'{"query": "sleep", "client_id": {"a": 1}}', {}, 200, "extractor_error"),
+    ("odd_subject", b'{"query": "sleep", "client_id": {"a": 1}}', {}, 200, "invalid_value"),
     ("nan", b'{"query": NaN, "client_id": "c"}', {}, 200, "extractor_error"),
 ]
 
@@ -617,7 +618,7 @@ async def test_the_decision_reaches_the_app(store: Store, namespace: str) -> Non
 
     decision = Decision(l1=Mode.SERVE, l2=Mode.SHADOW)
     gate = CacheGate(
-        policies=[Policy("/x", tenant=header("x-tenant"))],
+        policies=[Policy("/x", tenant=trusted_header("x-tenant"))],
         store=store,
         namespace=namespace,
         rollout=StaticRollout(decision),
@@ -639,7 +640,7 @@ async def test_key_material_from_query_parameters_headers_and_path(namespace: st
         policies=[
             Policy(
                 "/docs/{doc_id}/summary",
-                tenant=header("x-tenant"),
+                tenant=trusted_header("x-tenant"),
                 methods=frozenset({"GET"}),
                 key={
                     "doc": path_param("doc_id"),

@@ -26,7 +26,7 @@ from cachegate import (
     StaticRollout,
     WriteRule,
     body_field,
-    header,
+    trusted_header,
 )
 
 pytestmark = pytest.mark.anyio
@@ -69,14 +69,18 @@ def _gate(registry: CollectorRegistry, mode: Mode, *, verify: bool = False) -> C
         policies=[
             Policy(
                 "/ai/query",
-                tenant=header("x-workspace-id"),
+                tenant=trusted_header("x-workspace-id"),
                 subject=body_field("client_id"),
                 key={"query": body_field("query")},
                 rerun_safe=True,
             )
         ],
         write_rules=[
-            WriteRule("/sessions", tenant=header("x-workspace-id"), subject=body_field("client_id"))
+            WriteRule(
+                "/sessions",
+                tenant=trusted_header("x-workspace-id"),
+                subject=body_field("client_id"),
+            )
         ],
         rollout=StaticRollout(Decision(l1=mode, l2=mode, verify=verify)),
         metrics=Metrics(registry=registry),

@@ -274,7 +274,9 @@ async def test_no_private_data_in_keys_metrics_spans_or_logs(
     registry = CollectorRegistry()
     redis_store = RedisStore.from_url(server.url, deadline=1.0)
     store: Store = (
-        EncryptedStore(redis_store, {"k1": bytes(range(32))}, "k1") if encrypted else redis_store
+        EncryptedStore(redis_store, {"k1": bytes(range(32))}, "k1", digest_secret=b"d" * 32)
+        if encrypted
+        else redis_store
     )
     _EXPORTER.clear()
     monitor = Monitor(server.port)

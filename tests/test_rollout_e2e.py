@@ -17,7 +17,15 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from unleash_server import UnleashServer
 
-from cachegate import CacheGate, CacheGateMiddleware, Metrics, Mode, Policy, body_field, header
+from cachegate import (
+    CacheGate,
+    CacheGateMiddleware,
+    Metrics,
+    Mode,
+    Policy,
+    body_field,
+    trusted_header,
+)
 from cachegate.flagadmin import apply_stage
 from cachegate.flags import FLAG_KILL_SWITCH, FlagRollout, UnleashFlags, stage_path
 
@@ -69,7 +77,9 @@ async def service(unleash_server: UnleashServer) -> AsyncIterator[Service]:
     registry = CollectorRegistry()
     gate = CacheGate(
         policies=[
-            Policy("/ai/query", tenant=header("X-Workspace-ID"), key={"q": body_field("query")})
+            Policy(
+                "/ai/query", tenant=trusted_header("X-Workspace-ID"), key={"q": body_field("query")}
+            )
         ],
         rollout=rollout,
         metrics=Metrics(registry=registry),

@@ -22,7 +22,7 @@ from cachegate import (
     Policy,
     StaticRollout,
     body_field,
-    header,
+    trusted_header,
 )
 from cachegate.store import Store
 
@@ -35,7 +35,7 @@ async def _run(store: Store, namespace: str, *, write_during_second: bool) -> Co
         policies=[
             Policy(
                 "/ask",
-                tenant=header("x-workspace-id"),
+                tenant=trusted_header("x-workspace-id"),
                 subject=body_field("client"),
                 key={"q": body_field("q")},
             )

@@ -8,10 +8,13 @@ from cachegate.policy import (
     Policy,
     RequestView,
     WriteRule,
+    as_int,
+    authenticated,
     body_field,
     header,
     path_param,
     query_param,
+    trusted_header,
 )
 from cachegate.rollout import Decision, Mode, StaticRollout, current_decision
 from cachegate.shadow import (
@@ -42,9 +45,12 @@ __all__ = [
     "StaticRollout",
     "TextComparator",
     "WriteRule",
+    "as_int",
+    "authenticated",
     "body_field",
     "current_decision",
     "header",
     "path_param",
     "query_param",
+    "trusted_header",
 ]

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import hashlib
 import logging
 import math
 import threading
@@ -37,8 +36,8 @@ from cohere.types import (
 
 from cachegate.keys import KEY_SCHEMA_VERSION, KeySpace, Normalization, normalize_text
 from cachegate.metrics import Metrics
-from cachegate.rollout import Mode, current_decision, current_tenant
-from cachegate.store.base import Store
+from cachegate.rollout import Mode, Rollout, current_decision, current_tenant
+from cachegate.store.base import Store, digest_secret_of
 from cachegate.vectors import (
     CorruptVector,
     DType,
@@ -191,8 +190,9 @@ class VectorKeys:
         max_tokens: int | None = None,
         normalization: Normalization = Normalization.EXACT,
         provider: str = PROVIDER,
+        secret: bytes | None = None,
     ) -> None:
-        KeySpace(namespace)
+        self._keyspace = KeySpace(namespace, secret)
 
         def optional(value: object) -> str:
             return "" if value is None else f"={value}"
@@ -217,8 +217,7 @@ class VectorKeys:
 
     def key(self, normalized_text: str) -> str:
         """The key of a text already normalised with `self.normalization`."""
-        data = self._head + _encoded(normalized_text)
-        return self._prefix + hashlib.sha256(data).hexdigest()
+        return self._prefix + self._keyspace.digest_bytes(self._head + _encoded(normalized_text))
 
 
 def vector_key(
@@ -234,11 +233,12 @@ def vector_key(
     max_tokens: int | None = None,
     normalization: Normalization = Normalization.EXACT,
     provider: str = PROVIDER,
+    secret: bytes | None = None,
 ) -> str:
     """The store key of one text's vector of one embedding type.
 
     `tenant=None` is the global scope. The text is normalised first and only digested, like the
-    tenant; an option left out and an option given are never encoded alike.
+    tenant (an HMAC with `secret`); an option left out and an option given never encode alike.
     """
     keys = VectorKeys(
         namespace,
@@ -251,6 +251,7 @@ def vector_key(
         max_tokens=max_tokens,
         normalization=normalization,
         provider=provider,
+        secret=secret,
     )
     return keys.key(normalize_text(text, normalization))
 
@@ -290,6 +291,8 @@ class _Core:
         *,
         namespace: str,
         mode: Mode,
+        rollout: Rollout | None,
+        key_secret: bytes | None,
         scope: Scope,
         tenant: Callable[[], str | None] | None,
         normalization: Normalization,
@@ -317,6 +320,9 @@ class _Core:
         self.store = store
         self.namespace = namespace
         self.mode = Mode(mode)
+        self.rollout = rollout
+        self.secret = digest_secret_of(store, key_secret)
+        KeySpace(namespace, self.secret)
         self.scope: Scope = scope
         self.tenant_of = tenant
         self.normalization = normalization
@@ -336,17 +342,26 @@ class _Core:
         raise NotImplementedError
 
     def resolve(self, tenant: str | None) -> tuple[Mode, str | None]:
-        """The call's mode and tenant, read in the caller's context (contextvars live there)."""
-        decision = current_decision()
-        mode = self.mode if decision is None else decision.l2
+        """The call's mode and tenant, read in the caller's context (contextvars live there).
+
+        Inside a CacheGate request for the same tenant the request's decision holds; anywhere
+        else (a background job, a route without a policy, another tenant) `rollout` decides for
+        the call's tenant, kill switch first; the constructor's `mode` only without a rollout.
+        """
         if tenant is None and self.scope == "tenant" and self.tenant_of is not None:
             try:
                 tenant = self.tenant_of()
             except Exception as error:
                 log.warning("embedding cache: tenant callable failed: %s", type(error).__name__)
+        request_tenant = current_tenant()
         if tenant is None and self.scope == "tenant":
-            tenant = current_tenant()
-        return mode, tenant
+            tenant = request_tenant
+        decision = current_decision()
+        if decision is not None and (self.rollout is None or tenant == request_tenant):
+            return decision.l2, tenant
+        if self.rollout is not None:
+            return self.rollout.decide(tenant if tenant is not None else request_tenant).l2, tenant
+        return self.mode, tenant
 
     async def run(
         self, mode: Mode, tenant: str | None, kwargs: dict[str, Any]
@@ -408,6 +423,7 @@ class _Core:
                     truncate=kwargs.get("truncate"),
                     max_tokens=kwargs.get("max_tokens"),
                     normalization=self.normalization,
+                    secret=self.secret,
                 )
                 for kind in types
             ]
@@ -445,7 +461,16 @@ class _Core:
             self._compare(call, cached, fresh)
             return self._respond(call, {}, fresh)
         self._count_serve(call, hit_count, miss_count)
-        return self._respond(call, cached, fresh)
+        self._as_stored(fresh)
+        return self._respond(call, cached, fresh, whole=False)
+
+    def _as_stored(self, fresh: _Fresh) -> None:
+        """Give fresh float vectors the precision they are stored in, so a text gets the same
+        numbers from a miss as from every later hit (Cohere's JSON floats parse as float64)."""
+        for vectors in fresh.vectors.values():
+            values = vectors.get("float")
+            if values is not None:
+                vectors["float"] = decode_vector(self._encode("float", values)).values
 
     async def _read(self, keys: list[str]) -> list[bytes | None] | None:
         """All keys in one `get_many`; None when the store failed (everything is a miss)."""
@@ -638,14 +663,24 @@ class _Core:
                 self.metrics.comparisons.labels(LAYER, "shadow", outcome).inc()
 
     def _respond(
-        self, call: _Call, cached: dict[int, dict[str, list[Any]]], fresh: _Fresh
+        self,
+        call: _Call,
+        cached: dict[int, dict[str, list[Any]]],
+        fresh: _Fresh,
+        *,
+        whole: bool = True,
     ) -> EmbedByTypeResponse:
         """The SDK's response type with every caller position's vectors, in the caller's order.
 
         When a single Cohere response already answers the whole call as asked (no hits, no
-        duplicates), that response itself is returned.
+        duplicates) and `whole` allows it, that response itself is returned.
         """
-        if not cached and len(fresh.responses) == 1 and len(call.unique) == len(call.texts):
+        if (
+            whole
+            and not cached
+            and len(fresh.responses) == 1
+            and len(call.unique) == len(call.texts)
+        ):
             return fresh.responses[0]
         seen: set[int] = set()
         columns: dict[str, list[list[Any]]] = {kind: [] for kind in call.types}
@@ -795,7 +830,10 @@ class CachedEmbedder(_Embedder):
     else from the `tenant` callable (read in the caller's context), else from the CacheGate
     request being handled (`cachegate.rollout.current_tenant()`); with the default
     `scope="tenant"` a call without a tenant is not cached. `scope="global"` shares vectors
-    across tenants and must be chosen explicitly.
+    across tenants and must be chosen explicitly. Pass the gate's `rollout` so calls outside a
+    cached request (background jobs, other routes) follow the flags and the kill switch too;
+    `mode` applies only without one. `key_secret` keys the digests (an `EncryptedStore` brings
+    its own).
     """
 
     def __init__(
@@ -805,6 +843,8 @@ class CachedEmbedder(_Embedder):
         *,
         namespace: str = "cachegate",
         mode: Mode = Mode.SERVE,
+        rollout: Rollout | None = None,
+        key_secret: bytes | None = None,
         scope: Scope = "tenant",
         tenant: Callable[[], str | None] | None = None,
         normalization: Normalization = Normalization.EXACT,
@@ -822,6 +862,8 @@ class CachedEmbedder(_Embedder):
             store,
             namespace=namespace,
             mode=mode,
+            rollout=rollout,
+            key_secret=key_secret,
             scope=scope,
             tenant=tenant,
             normalization=normalization,
@@ -887,6 +929,8 @@ class CachedEmbedderSync(_Embedder):
         threads: int = 8,
         namespace: str = "cachegate",
         mode: Mode = Mode.SERVE,
+        rollout: Rollout | None = None,
+        key_secret: bytes | None = None,
         scope: Scope = "tenant",
         tenant: Callable[[], str | None] | None = None,
         normalization: Normalization = Normalization.EXACT,
@@ -908,6 +952,8 @@ class CachedEmbedderSync(_Embedder):
             self._pool,
             namespace=namespace,
             mode=mode,
+            rollout=rollout,
+            key_secret=key_secret,
             scope=scope,
             tenant=tenant,
             normalization=normalization,

@@ -15,7 +15,7 @@ from cachegate.results import ResultCache
 from cachegate.rollout import Rollout, StaticRollout
 from cachegate.shadow import MismatchLog
 from cachegate.singleflight import SingleFlight
-from cachegate.store.base import Store
+from cachegate.store.base import Store, digest_secret_of
 from cachegate.store.codec import Entry
 from cachegate.store.memory import MemoryStore
 from cachegate.store.redis import RedisStore
@@ -30,6 +30,9 @@ class CacheGate:
     `single_flight_wait` seconds and compute on their own. Background verification runs at most
     `verify_concurrency` re-computations at once, each within `verify_timeout`; in shadow mode
     `noise_sample_rate` of requests to re-run-safe routes are computed twice to measure noise.
+    `namespace` is the prefix of every store key (not the metrics' namespace: that is
+    `Metrics(namespace=...)`); `key_secret` (at least 16 bytes, the same in every process; an
+    `EncryptedStore` brings its own) makes every digest in a store key an HMAC.
     """
 
     def __init__(
@@ -40,6 +43,7 @@ class CacheGate:
         store: Store | None = None,
         rollout: Rollout | None = None,
         namespace: str = "cachegate",
+        key_secret: bytes | None = None,
         metrics: Metrics | None = None,
         max_body_bytes: int = 1024 * 1024,
         max_header_bytes: int = 16 * 1024,
@@ -57,7 +61,7 @@ class CacheGate:
         if not 0.0 <= noise_sample_rate <= 1.0:
             raise ValueError("noise_sample_rate must be between 0 and 1")
         self.store: Store = store if store is not None else MemoryStore()
-        self.keyspace = KeySpace(namespace)
+        self.keyspace = KeySpace(namespace, digest_secret_of(self.store, key_secret))
         self.metrics = metrics if metrics is not None else default_metrics()
         self._attach_metrics(self.store)
         self.router = Router([*policies, *write_rules])

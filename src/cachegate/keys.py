@@ -2,21 +2,24 @@
 
 Every key of one tenant shares a Redis hash tag (`{t:...}`), so an entry and the generations it is
 checked against live in one slot and are read in one round trip, on a single Redis or a Cluster.
-Tenant ids and text never appear in keys: only digests do.
+Tenant ids and text never appear in keys: only digests do. Without a secret a digest can be
+confirmed by anyone who guesses its input (a tenant id, a question); with one (`KeySpace.secret`)
+every digest is an HMAC-SHA256 and reveals nothing to a reader of the store.
 """
 
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
 import re
 import unicodedata
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import Flag, auto
 from functools import lru_cache
 
-KEY_SCHEMA_VERSION = 1
+KEY_SCHEMA_VERSION = 2
 """Bumped when the key encoding changes, so old entries can never be read as new ones."""
 
 _WHITESPACE = re.compile(r"\s+")
@@ -61,8 +64,11 @@ def canonical_json(value: object) -> bytes:
     ).encode("utf-8", "surrogatepass")
 
 
-def digest(parts: Iterable[bytes | str]) -> str:
-    """Hex SHA-256 over length-prefixed parts, so no two part lists encode alike.
+MIN_SECRET_BYTES = 16
+
+
+def encode_parts(parts: Iterable[bytes | str]) -> bytes:
+    """Length-prefixed parts, so no two part lists encode alike.
 
     Text is UTF-8 with lone surrogates passed through (JSON may carry them as `\\ud800`), so
     every `str` has exactly one encoding and keying never fails on one.
@@ -71,18 +77,26 @@ def digest(parts: Iterable[bytes | str]) -> str:
     for part in parts:
         data = part.encode("utf-8", "surrogatepass") if isinstance(part, str) else part
         chunks += (len(data).to_bytes(8, "big"), data)
-    return hashlib.sha256(b"".join(chunks)).hexdigest()
+    return b"".join(chunks)
+
+
+def digest(parts: Iterable[bytes | str], secret: bytes | None = None) -> str:
+    """Hex SHA-256 (HMAC-SHA256 with `secret`) over length-prefixed parts."""
+    data = encode_parts(parts)
+    if secret is None:
+        return hashlib.sha256(data).hexdigest()
+    return hmac.new(secret, data, "sha256").hexdigest()
 
 
 @lru_cache(maxsize=4096)
-def _tenant_prefix(namespace: str, tenant: str) -> str:
+def _tenant_prefix(namespace: str, secret: bytes | None, tenant: str) -> str:
     """`namespace:{t:<tag>}`; cached, as a request needs it for its entry and generations."""
-    return f"{namespace}:{{t:{digest(('tenant', namespace, tenant))[:24]}}}"
+    return f"{namespace}:{{t:{digest(('tenant', namespace, tenant), secret)[:24]}}}"
 
 
 @lru_cache(maxsize=16_384)
-def _subject_tag(subject: str) -> str:
-    return digest(("subject", subject))[:32]
+def _subject_tag(secret: bytes | None, subject: str) -> str:
+    return digest(("subject", subject), secret)[:32]
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,22 +109,40 @@ class Scope:
 
 @dataclass(frozen=True, slots=True)
 class KeySpace:
-    """Builds the store keys of one namespace (one cache, one key-schema version)."""
+    """Builds the store keys of one namespace (one cache, one key-schema version).
+
+    With a `secret` (at least 16 bytes, the same in every process of the service) every digest
+    is keyed; changing it makes every existing entry and generation unreachable (misses).
+    """
 
     namespace: str = "cachegate"
+    secret: bytes | None = field(default=None, repr=False)
+    _mac: hmac.HMAC | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if not self.namespace or any(c in self.namespace for c in "{}: \n"):
             raise ValueError(
                 f"namespace must be non-empty without braces, colons or spaces: {self.namespace!r}"
             )
+        if self.secret is not None:
+            if not isinstance(self.secret, bytes) or len(self.secret) < MIN_SECRET_BYTES:
+                raise ValueError(f"the key secret must be at least {MIN_SECRET_BYTES} bytes")
+            object.__setattr__(self, "_mac", hmac.new(self.secret, digestmod="sha256"))
+
+    def digest_bytes(self, data: bytes) -> str:
+        """The hex digest of already encoded parts (keyed when this key space has a secret)."""
+        if self._mac is None:
+            return hashlib.sha256(data).hexdigest()
+        mac = self._mac.copy()
+        mac.update(data)
+        return mac.hexdigest()
 
     def tenant_tag(self, tenant: str) -> str:
         """The hash tag shared by all keys of a tenant (a digest, never the id)."""
-        return digest(("tenant", self.namespace, tenant))[:24]
+        return digest(("tenant", self.namespace, tenant), self.secret)[:24]
 
     def _prefix(self, tenant: str) -> str:
-        return _tenant_prefix(self.namespace, tenant)
+        return _tenant_prefix(self.namespace, self.secret, tenant)
 
     def entry_key(
         self,
@@ -119,8 +151,9 @@ class KeySpace:
         route: str,
         method: str,
         material: Mapping[str, object],
+        path_params: Mapping[str, str] | None = None,
     ) -> str:
-        """The L1 entry key for one request's scope and normalised key material."""
+        """The L1 entry key for one request's scope, path parameters and key material."""
         parts = (
             str(KEY_SCHEMA_VERSION),
             self.namespace,
@@ -128,9 +161,10 @@ class KeySpace:
             method.upper(),
             scope.tenant,
             "" if scope.subject is None else "s:" + scope.subject,
+            canonical_json(dict(path_params or {})),
             canonical_json(dict(material)),
         )
-        return f"{self._prefix(scope.tenant)}:r:{digest(parts)}"
+        return f"{self._prefix(scope.tenant)}:r:{self.digest_bytes(encode_parts(parts))}"
 
     def generation_keys(self, scope: Scope) -> tuple[str, str]:
         """The two generations an entry of `scope` is checked against.
@@ -142,7 +176,7 @@ class KeySpace:
         prefix = self._prefix(scope.tenant)
         if scope.subject is None:
             return (f"{prefix}:g:t", f"{prefix}:g:a")
-        return (f"{prefix}:g:t", f"{prefix}:g:s:{_subject_tag(scope.subject)}")
+        return (f"{prefix}:g:t", f"{prefix}:g:s:{_subject_tag(self.secret, scope.subject)}")
 
     def invalidation_keys(self, scope: Scope) -> tuple[str, ...]:
         """The generations an invalidation of `scope` advances."""

@@ -40,6 +40,14 @@ BYPASS_REASONS = (
     "invalidation_pending",
     "store_error",
     "disconnected",
+    "no_authentication",
+    "guard_refused",
+    "guard_error",
+    "ambiguous_value",
+    "empty_value",
+    "invalid_value",
+    "body_not_object",
+    "not_json",
 )
 ENCRYPTION_REJECTS = ("unknown_key", "invalid")
 SINGLE_FLIGHT_OUTCOMES = ("shared", "timeout", "not_shared")

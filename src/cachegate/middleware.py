@@ -8,6 +8,7 @@ never turns a good request into an error: every store failure falls back to the 
 
 from __future__ import annotations
 
+import inspect
 import json
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
@@ -18,7 +19,9 @@ from cachegate.body import Receive, RequestBody, read_body
 from cachegate.gate import CacheGate
 from cachegate.keys import Scope
 from cachegate.policy import (
+    Ambiguous,
     BadRequest,
+    Guard,
     Match,
     Policy,
     RequestView,
@@ -77,7 +80,19 @@ def _view(scope: Scope_, match: Match, body: RequestBody) -> RequestView:
         headers=scope.get("headers", []),
         query_string=scope.get("query_string", b""),
         body=body.body,
+        scope=scope,
     )
+
+
+async def _refusal(guard: Guard, request: RequestView) -> str | None:
+    """Why the policy's guard refuses the request (the app decides), or None if it passes."""
+    try:
+        verdict = guard(request)
+        if inspect.isawaitable(verdict):
+            verdict = await verdict
+    except Exception:
+        return "guard_error"
+    return None if verdict is True else "guard_refused"
 
 
 class CacheResponder:
@@ -123,6 +138,10 @@ class CacheResponder:
             return await self._bypass("mode_off", decision, scope, replayed, send, tenant)
         if self.policy.honor_request_no_cache and request_refuses_cache(headers):
             return await self._bypass("request_no_cache", decision, scope, replayed, send, tenant)
+        if self.policy.guard is not None:
+            refused = await _refusal(self.policy.guard, request)
+            if refused is not None:
+                return await self._bypass(refused, decision, scope, replayed, send, tenant)
         try:
             facts = gate.results.facts(self.policy, request, tenant)
         except BadRequest as error:
@@ -181,8 +200,8 @@ class CacheResponder:
             span.end()
 
     async def _fresh(self, scope: Scope_, receive: Receive, recorder: ResponseRecorder) -> None:
-        with tracing.tracer.start_as_current_span("cachegate.fresh") as span:
-            span.set_attributes({tracing.LAYER: LAYER, tracing.ROUTE: self.policy.route})
+        attributes = {tracing.LAYER: LAYER, tracing.ROUTE: self.policy.route}
+        with tracing.around_app("cachegate.fresh", attributes) as span:
             await self.app(scope, receive, recorder)
             span.set_attribute(tracing.OUTCOME, recorder.reason or "storable")
 
@@ -407,17 +426,18 @@ class WriteResponder:
     async def __call__(self, scope: Scope_, receive: Receive, send: Send) -> None:
         body = await read_body(receive, self.gate.max_body_bytes)
         request = _view(scope, self.match, body)
-        tenant = _safe_text(self.rule.tenant, request)
-        if tenant is None:
+        tenants = _write_tenants(self.rule.tenant, request)
+        if not tenants:
             self.gate.metrics.bypasses.labels("no_tenant").inc()
             await self.app(scope, body.replay(receive), send)
             return
         subject = None
-        if self.rule.subject is not None and body.complete:
+        if self.rule.subject is not None and body.complete and len(tenants) == 1:
             subject = _safe_text(self.rule.subject, request)
 
         async def release(held: HeldResponse) -> None:
-            await self._invalidate(tenant, subject, held)
+            for tenant in tenants:
+                await self._invalidate(tenant, subject, held)
 
         held = HeldResponse(send, self.gate.max_entry_bytes, release)
         try:
@@ -444,6 +464,20 @@ def _safe_text(extractor: Callable[[RequestView], object], request: RequestView)
         return scope_text(extractor(request))
     except Exception:
         return None
+
+
+def _write_tenants(
+    extractor: Callable[[RequestView], object], request: RequestView
+) -> tuple[str, ...]:
+    """The tenants a write may have touched: its tenant, or every occurrence of an ambiguous one
+    (the app picked one of them, the cache cannot know which); none when it cannot be read."""
+    try:
+        tenant = scope_text(extractor(request))
+    except Ambiguous as ambiguous:
+        return tuple(dict.fromkeys(value for value in ambiguous.values if value))
+    except Exception:
+        return ()
+    return () if tenant is None else (tenant,)
 
 
 class HeldResponse:
@@ -489,7 +523,7 @@ class HeldResponse:
             return None
         try:
             return scope_text(field_at(value, path.split(".")))
-        except TypeError:
+        except BadRequest:
             return None
 
     async def release(self) -> None:

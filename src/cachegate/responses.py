@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, MutableMapping
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
 from typing import Any
 
 Message = MutableMapping[str, Any]
@@ -30,14 +32,45 @@ _NO_CACHE_REQUEST = frozenset({"no-store", "no-cache"})
 
 def cache_control(headers: Headers) -> set[str]:
     """The lower-cased directive names of every `Cache-Control` header (`"no-cache, no-store"`)."""
-    directives: set[str] = set()
+    return set(_directives(headers))
+
+
+def _directives(headers: Headers) -> dict[str, str]:
+    """Every `Cache-Control` directive, lower-cased, with its value (`""` without one)."""
+    directives: dict[str, str] = {}
     for name, value in headers:
         if name.lower() == b"cache-control":
             for part in value.decode("latin-1").split(","):
-                directive = part.split("=", 1)[0].strip().lower()
+                directive, _, argument = part.partition("=")
+                directive = directive.strip().lower()
                 if directive:
-                    directives.add(directive)
+                    directives.setdefault(directive, argument.strip().strip('"'))
     return directives
+
+
+def _expired(value: bytes) -> bool:
+    """Whether an `Expires` value is in the past; an invalid date counts as past (RFC 9111)."""
+    try:
+        when = parsedate_to_datetime(value.decode("latin-1"))
+    except (TypeError, ValueError, IndexError):
+        return True
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return when <= datetime.now(UTC)
+
+
+def _response_refuses_storage(headers: Headers) -> bool:
+    """Whether the app said "do not keep this": `no-store`, `private`, `no-cache`, a zero
+    `max-age`/`s-maxage`, `Pragma: no-cache` or an `Expires` in the past."""
+    directives = _directives(headers)
+    if _NO_STORE_RESPONSE.intersection(directives):
+        return True
+    if any(name.lower() == b"pragma" and b"no-cache" in value.lower() for name, value in headers):
+        return True
+    if "s-maxage" in directives or "max-age" in directives:
+        age = directives.get("s-maxage", directives.get("max-age", ""))
+        return not age.isdigit() or int(age) == 0
+    return any(name.lower() == b"expires" and _expired(value) for name, value in headers)
 
 
 def request_refuses_cache(headers: Headers) -> bool:
@@ -51,13 +84,13 @@ def refusal(status: int, headers: Headers) -> str | None:
         return "status"
     for name, value in headers:
         lowered = name.lower()
-        if lowered == b"set-cookie":
+        if lowered in (b"set-cookie", b"set-cookie2"):
             return "set_cookie"
         if lowered == b"content-type" and value.lower().startswith(b"text/event-stream"):
             return "streamed"
         if lowered == b"vary":
             return "vary"
-    if cache_control(headers) & _NO_STORE_RESPONSE:
+    if _response_refuses_storage(headers):
         return "cache_control"
     return None
 

@@ -31,13 +31,6 @@ class Found:
     generations: tuple[int, ...] | None
 
 
-def _text(value: object) -> str | None:
-    try:
-        return scope_text(value)
-    except TypeError as error:
-        raise BadRequest("extractor_error") from error
-
-
 class ResultCache:
     """Entries of whole responses in a store, checked against their scope's generations."""
 
@@ -56,13 +49,13 @@ class ResultCache:
 
     def tenant(self, policy: Policy, request: RequestView) -> str | None:
         """The request's tenant, or None (it bypasses). `BadRequest` if it cannot be read."""
-        return _text(_extract(policy.tenant, request))
+        return scope_text(_extract(policy.tenant, request))
 
     def facts(self, policy: Policy, request: RequestView, tenant: str) -> RequestFacts:
         """Key the request. `BadRequest` when its key material cannot be read."""
         subject = None
         if policy.subject is not None:
-            subject = _text(_extract(policy.subject, request))
+            subject = scope_text(_extract(policy.subject, request))
         scope = Scope(tenant, subject)
         try:
             material = {
@@ -70,7 +63,11 @@ class ResultCache:
                 for name, extractor in policy.key.items()
             }
             key = self.keyspace.entry_key(
-                scope, route=policy.route, method=request.method, material=material
+                scope,
+                route=policy.route,
+                method=request.method,
+                material=material,
+                path_params=request.path_params,
             )
         except (TypeError, ValueError, RecursionError) as error:
             # deeply nested JSON parses, but normalising or encoding it can recurse too deep

@@ -27,8 +27,8 @@ from cachegate import (
     Policy,
     WriteRule,
     body_field,
-    header,
     path_param,
+    trusted_header,
 )
 from cachegate.demo.app import write_rules
 from cachegate.store import MemoryStore, Store
@@ -41,7 +41,7 @@ def query_policy(**options: Any) -> Policy:
     """The cached AI route: scope (tenant header, client_id) and key material (query)."""
     return Policy(
         "/ai/query",
-        tenant=header(TENANT_HEADER),
+        tenant=trusted_header(TENANT_HEADER),
         subject=body_field("client_id"),
         key={"query": body_field("query")},
         **options,
@@ -51,13 +51,16 @@ def query_policy(**options: Any) -> Policy:
 def refusal_policy(**options: Any) -> Policy:
     """`/r/{kind}`: one kind of response per path, keyed on the kind."""
     return Policy(
-        "/r/{kind}", tenant=header(TENANT_HEADER), key={"kind": path_param("kind")}, **options
+        "/r/{kind}",
+        tenant=trusted_header(TENANT_HEADER),
+        key={"kind": path_param("kind")},
+        **options,
     )
 
 
 def session_rules() -> list[WriteRule]:
     """The demo's session write rules, with this module's tenant header."""
-    return write_rules(tenant=header(TENANT_HEADER))
+    return write_rules(tenant=trusted_header(TENANT_HEADER))
 
 
 class Service:

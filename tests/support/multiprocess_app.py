@@ -9,14 +9,23 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from cachegate import CacheGate, CacheGateMiddleware, Policy, RedisStore, body_field, header
+from cachegate import (
+    CacheGate,
+    CacheGateMiddleware,
+    Policy,
+    RedisStore,
+    body_field,
+    trusted_header,
+)
 from cachegate.metrics import exposition
 
 
 def make_app() -> Starlette:
     """Built in each worker, from `REDIS_URL` and `CACHEGATE_TEST_NAMESPACE`."""
     gate = CacheGate(
-        policies=[Policy("/ask", tenant=header("x-workspace-id"), key={"q": body_field("q")})],
+        policies=[
+            Policy("/ask", tenant=trusted_header("x-workspace-id"), key={"q": body_field("q")})
+        ],
         store=RedisStore.from_url(os.environ["REDIS_URL"], deadline=1.0),
         namespace=os.environ["CACHEGATE_TEST_NAMESPACE"],
     )

@@ -43,7 +43,7 @@ from cachegate.gate import CacheGate
 from cachegate.keys import Normalization, normalize_text
 from cachegate.metrics import exposition
 from cachegate.middleware import CacheGateMiddleware
-from cachegate.policy import Extractor, Policy, WriteRule, body_field, header
+from cachegate.policy import Extractor, Policy, WriteRule, body_field, header, trusted_header
 from cachegate.shadow import JsonComparator
 from cachegate.workload import Catalog
 
@@ -124,7 +124,7 @@ def policies() -> list[Policy]:
     return [
         Policy(
             "/ai/query",
-            tenant=header(TENANT_HEADER),
+            tenant=trusted_header(TENANT_HEADER),
             subject=body_field("client_id"),
             key={"query": body_field("query")},
             normalization=Normalization.LOOSE,
@@ -238,6 +238,8 @@ def create_app(
                 local,
                 gate.store,
                 namespace=gate.keyspace.namespace,
+                key_secret=gate.keyspace.secret,
+                rollout=gate.rollout,
                 metrics=gate.metrics,
                 normalization=Normalization.EXACT,
             )

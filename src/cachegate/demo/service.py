@@ -3,7 +3,8 @@
 Embedded defaults: `MemoryStore`, flags from the stage files in `flags/`, the local deterministic
 embedder. Real parts when configured: `REDIS_URL` (a `RedisStore`), `UNLEASH_URL` with
 `UNLEASH_API_TOKEN` (a connected `FlagRollout`, bootstrapped from the stage file and started in
-the app's lifespan without blocking the loop), `CO_API_KEY` (Cohere).
+the app's lifespan without blocking the loop), `CO_API_KEY` (Cohere), `CACHEGATE_KEY_SECRET`
+(keyed digests in every store key; the same in every process).
 """
 
 from __future__ import annotations
@@ -75,12 +76,14 @@ def build_demo(
     store: Store
     redis_url = env.get("REDIS_URL")
     store = RedisStore.from_url(redis_url) if redis_url else MemoryStore()
+    secret = env.get("CACHEGATE_KEY_SECRET")
     gate = CacheGate(
         policies=policies(),
         write_rules=write_rules(),
         store=store,
         rollout=stages.rollout,
         namespace=config.namespace,
+        key_secret=secret.encode() if secret else None,
         metrics=metrics,
         noise_sample_rate=config.noise_sample_rate,
     )
@@ -90,6 +93,8 @@ def build_demo(
         metered,
         store,
         namespace=config.namespace,
+        key_secret=gate.keyspace.secret,
+        rollout=gate.rollout,
         metrics=metrics,
         normalization=Normalization.EXACT,
     )

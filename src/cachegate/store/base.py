@@ -77,3 +77,21 @@ class Store(Protocol):
     async def aclose(self) -> None:
         """Release connections."""
         ...
+
+
+@runtime_checkable
+class KeyedStore(Protocol):
+    """A store that asks for keyed digests in its keys (`EncryptedStore`)."""
+
+    @property
+    def digest_secret(self) -> bytes:
+        """The HMAC secret of every digest in the store keys the cache makes."""
+        ...
+
+
+def digest_secret_of(store: Store, configured: bytes | None) -> bytes | None:
+    """The key secret of a cache over `store`: the configured one or the store's; never two."""
+    required = store.digest_secret if isinstance(store, KeyedStore) else None
+    if configured is not None and required is not None and configured != required:
+        raise ValueError("key_secret differs from the store's digest_secret: give one of them")
+    return configured if configured is not None else required

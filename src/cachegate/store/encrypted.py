@@ -32,6 +32,7 @@ except ImportError as error:  # pragma: no cover - depends on the installed extr
         "EncryptedStore needs the 'cryptography' package: pip install 'cachegate[crypto]'"
     ) from error
 
+from cachegate.keys import MIN_SECRET_BYTES
 from cachegate.store.base import Lookup, Store
 
 __all__ = ["FORMAT_VERSION", "NONCE_BYTES", "OVERHEAD", "EncryptedStore", "RejectReason"]
@@ -53,8 +54,11 @@ class EncryptedStore:
     """A `Store` that encrypts values with AES-GCM under `keys[active]`.
 
     `keys` maps key ids (1-255 ASCII characters) to 16, 24 or 32-byte AES keys; all of them can
-    be read, only `active` is written. `on_reject(reason)` is called for every value read as a
-    miss because it could not be decrypted (wire it to a counter); `rejected` counts them too.
+    be read, only `active` is written. `digest_secret` (at least 16 bytes) keys the digests in
+    every store key the cache makes (HMAC), so the keys reveal nothing either; it is not rotated
+    with `keys`, as every process of the service must find the same entries and generations.
+    `on_reject(reason)` is called for every value read as a miss because it could not be
+    decrypted (wire it to a counter); `rejected` counts them too.
     """
 
     def __init__(
@@ -63,10 +67,18 @@ class EncryptedStore:
         keys: Mapping[str, bytes],
         active: str,
         *,
+        digest_secret: bytes | None = None,
         on_reject: Callable[[RejectReason], None] | None = None,
     ) -> None:
         if not keys:
             raise ValueError("EncryptedStore needs at least one key")
+        if digest_secret is None or len(digest_secret) < MIN_SECRET_BYTES:
+            raise ValueError(
+                "EncryptedStore needs digest_secret= (bytes, at least 16, the same in every "
+                "process and kept across key rotations): store keys are HMACs under it, since "
+                "plain digests of tenant ids and questions can be confirmed by guessing"
+            )
+        self.digest_secret = digest_secret
         self.inner = store
         self._ciphers: dict[bytes, AESGCM] = {}
         for key_id, key in keys.items():
