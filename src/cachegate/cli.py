@@ -79,7 +79,7 @@ def serve(args: argparse.Namespace, err: TextIO) -> int:
 
     from cachegate.demo.service import DemoConfig, build_demo
 
-    stage = _stage(args.stage)
+    stage = None if args.stage is None else _stage(args.stage)
     catalog = Catalog(workspaces=args.workspaces, clients=args.clients)
     config = DemoConfig(
         stage=stage, latency=args.latency, embed_latency=args.embed_latency, catalog=catalog
@@ -228,8 +228,12 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--port", type=int, default=8000)
     run.add_argument(
         "--stage",
-        default=os.environ.get("CACHEGATE_STAGE") or DEFAULT_STAGE,
-        help=f"flag stage from flags/ ({stage_list}); default $CACHEGATE_STAGE or {DEFAULT_STAGE}",
+        default=os.environ.get("CACHEGATE_STAGE") or None,
+        help=(
+            f"flag stage from flags/ ({stage_list}); default $CACHEGATE_STAGE, else "
+            f"{DEFAULT_STAGE} without Unleash; with UNLEASH_URL the bootstrap used only when "
+            "no persisted flag state exists, default off"
+        ),
     )
     run.add_argument(
         "--latency",
