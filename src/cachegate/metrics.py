@@ -22,7 +22,8 @@ from prometheus_client.multiprocess import MultiProcessCollector
 
 LAYERS = ("query_result", "embedding")
 """Values of `cache_layer`: L1 result cache and L2 embedding cache, as in the original service."""
-PATHS = ("hit", "miss", "shadow", "bypass")
+PATHS = ("hit", "shared", "miss", "shadow", "bypass")
+"""`shared`: a single-flight waiter answered with its leader's fresh result (counted as a hit)."""
 MODES = ("off", "shadow", "serve")
 OUTCOMES = ("match", "mismatch", "error")
 COMPARISON_KINDS = ("shadow", "verify", "noise")
