@@ -17,7 +17,9 @@ from pathlib import Path
 import anyio
 import httpx
 import pytest
+from conftest import missing
 from prometheus_client import CollectorRegistry
+from support.prometheus import prometheus_binary, running_prometheus, serving
 from unleash_server import UnleashServer, unleash_server  # noqa: F401
 
 from cachegate.demo.service import Demo, DemoConfig, build_demo
@@ -220,6 +222,62 @@ async def test_a_strategy_not_sticky_on_the_tenant_is_detected_and_decided_as_if
             assert "decided as if sticky on the tenant" in line
     finally:
         set_stickiness(server, FLAG_L1_SERVE, STICKINESS_FIELD)
+
+
+RULES = Path(__file__).resolve().parents[1] / "alerts" / "cachegate.rules.yml"
+FLAG_PANELS = (
+    'sum by (source) (cachegate_flag_state_source{job=~".+"})',
+    'cachegate:flag_state_age_seconds{job=~".+"}',
+    'sum by (job) (rate(cachegate_flag_fetch_failures_total{job=~".+"}[1m]))',
+)
+
+
+def test_prometheus_sees_the_source_the_age_and_the_outage(
+    unleash_server: UnleashServer,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    """The flag panels' queries and the age rule against a real Prometheus scraping a demo
+    connected to the real Unleash; the age grows while Unleash is stopped."""
+    binary = prometheus_binary()
+    if binary is None:
+        missing("prometheus (Debian package `prometheus`)")
+    assert binary is not None
+    server = unleash_server
+    apply_stage(server.url, server.admin_token, "dark-launch")
+    registry = CollectorRegistry()
+    demo = build_demo(
+        DemoConfig(catalog=SMALL, **FAST),  # type: ignore[arg-type]
+        environ=environ(server, tmp_path / "flags.json"),
+        registry=registry,
+    )
+    tracker = demo.stages.source.tracker
+
+    def until(check: Callable[[], bool], what: str, within: float = 30.0) -> None:
+        deadline = time.monotonic() + within
+        while not check():
+            if time.monotonic() > deadline:
+                pytest.fail(f"not within {within} s: {what}")
+            time.sleep(0.2)
+
+    with (
+        serving(demo.app, cleanup=demo.gate.aclose) as url,
+        running_prometheus(
+            binary, job="demo", targets=[url.removeprefix("http://")], rule_files=[RULES]
+        ) as prometheus,
+    ):
+        until(lambda: tracker.source == "live", "live")
+        source = 'cachegate_flag_state_source{source="live"}'
+        until(lambda: 1.0 in prometheus.values(source).values(), "scraped live")
+        until(lambda: all(prometheus.query(q) for q in FLAG_PANELS), "every flag panel has data")
+        server.stop()
+        try:
+            age = "cachegate:flag_state_age_seconds"
+            until(lambda: max(prometheus.values(age).values(), default=0) > 10, "the age grows", 60)
+            failures = "cachegate_flag_fetch_failures_total"
+            until(lambda: sum(prometheus.values(failures).values()) >= 3, "failed polls counted")
+        finally:
+            server.start()
+        until(lambda: max(prometheus.values(age).values(), default=99) < 10, "fresh again", 60)
 
 
 def set_stickiness(server: UnleashServer, flag: str, stickiness: str) -> None:
