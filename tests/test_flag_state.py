@@ -8,6 +8,7 @@ file in the test's directory; requests go through its ASGI app. Waits poll with 
 
 from __future__ import annotations
 
+import itertools
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
@@ -23,7 +24,7 @@ from support.prometheus import prometheus_binary, running_prometheus, serving
 from unleash_server import UnleashServer, unleash_server  # noqa: F401
 
 from cachegate.demo.service import Demo, DemoConfig, build_demo
-from cachegate.flagadmin import apply_stage
+from cachegate.flagadmin import apply_stage, show_flags
 from cachegate.flags import FLAG_KILL_SWITCH, FLAG_L1_SERVE, STICKINESS_FIELD
 from cachegate.replay import Samples
 from cachegate.workload import QUESTIONS, Catalog
@@ -219,9 +220,32 @@ async def test_a_strategy_not_sticky_on_the_tenant_is_detected_and_decided_as_if
             assert report["nearest_stage"] == "l1-50"
             (line,) = report["differences"]
             assert line.startswith(f"{FLAG_L1_SERVE}: stickiness default (stage: workspaceId)")
-            assert "decided as if sticky on the tenant" in line
+            assert "not sticky on the tenant" in line and "decided as if it were" in line
     finally:
         set_stickiness(server, FLAG_L1_SERVE, STICKINESS_FIELD)
+
+
+def test_flags_show_names_every_flag_that_differs_from_the_nearest_stage_and_why(
+    unleash_server: UnleashServer,  # noqa: F811
+) -> None:
+    server = unleash_server
+    apply_stage(server.url, server.admin_token, "l1-50")
+    set_stickiness(server, FLAG_L1_SERVE, "default")
+    server.switch(FLAG_KILL_SWITCH, on=True)
+    try:
+        table = show_flags(server.url, server.admin_token)
+    finally:
+        set_stickiness(server, FLAG_L1_SERVE, STICKINESS_FIELD)
+        server.switch(FLAG_KILL_SWITCH, on=False)
+    assert "development: nearest stage l1-50; differs in:" in table
+    block = table.split("development: nearest stage l1-50; differs in:\n")[1].splitlines()
+    differing = list(itertools.takewhile(lambda line: line.startswith("  "), block))
+    assert [line.strip() for line in differing] == [
+        f"{FLAG_KILL_SWITCH}: on (stage: off)",
+        f"{FLAG_L1_SERVE}: stickiness default (stage: workspaceId); not sticky on the tenant "
+        "(stickiness 'default', not 'workspaceId'): decided as if it were",
+    ]
+    assert "development: stage l1-50" in show_flags(server.url, server.admin_token)
 
 
 RULES = Path(__file__).resolve().parents[1] / "alerts" / "cachegate.rules.yml"

@@ -229,7 +229,7 @@ def _strategy_difference(
             changed.append("disabled" if got.get("disabled") else "enabled")
         text = ", ".join(changed) or "differs"
     if reason is not None:
-        text += f"; {reason}: decided as if sticky on the tenant"
+        text += f"; not sticky on the tenant ({reason}): decided as if it were"
     return text, max(len(changed), 1)
 
 
