@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 from pathlib import Path
@@ -187,16 +188,19 @@ def test_replay_through_unleash_applies_each_stage(
 
         assert isinstance(config, ReplayConfig)
         assert (config.query_cost, config.requests) == (0.02, 400)
+        from cachegate.replay import UnleashSwitcher
+
         move: Switcher = switcher(None)  # type: ignore[operator]
-        for stage in config.stages:
-            await move.switch(stage)
+        assert isinstance(move, UnleashSwitcher) and move.timeout == 7
+        for stage in config.stages:  # waiting for the target: tests/test_flag_state.py
+            await asyncio.to_thread(move.apply, stage)
         return []
 
     monkeypatch.setattr(cachegate.flagadmin, "apply_stage", apply_stage)
     monkeypatch.setattr("cachegate.replay.replay", fake_replay)
     monkeypatch.setenv("UNLEASH_ADMIN_TOKEN", "admin-token")
     argv = ["replay", "--unleash-url", "http://127.0.0.1:4242", "--stages", "dark-launch,l2"]
-    code, _ = run([*argv, "--settle", "0", "--query-cost", "0.02", "--json"])
+    code, _ = run([*argv, "--stage-timeout", "7", "--query-cost", "0.02", "--json"])
     assert code == OK
     assert applied == ["dark-launch", "l2"]
     assert json.loads(capsys.readouterr().out)["stages"] == []

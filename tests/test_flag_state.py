@@ -26,7 +26,7 @@ from unleash_server import UnleashServer, unleash_server  # noqa: F401
 from cachegate.demo.service import Demo, DemoConfig, build_demo
 from cachegate.flagadmin import apply_stage, show_flags
 from cachegate.flags import FLAG_KILL_SWITCH, FLAG_L1_SERVE, STICKINESS_FIELD
-from cachegate.replay import Samples
+from cachegate.replay import ReplayError, Samples, UnleashSwitcher
 from cachegate.workload import QUESTIONS, Catalog
 
 pytestmark = [pytest.mark.slow, pytest.mark.anyio]
@@ -246,6 +246,40 @@ def test_flags_show_names_every_flag_that_differs_from_the_nearest_stage_and_why
         "(stickiness 'default', not 'workspaceId'): decided as if it were",
     ]
     assert "development: stage l1-50" in show_flags(server.url, server.admin_token)
+
+
+async def test_replay_waits_until_the_service_reports_the_stage_or_fails_clearly(
+    unleash_server: UnleashServer,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    """`cachegate replay --unleash-url` moves the flags and then waits for the service's own
+    report (issue 16, item 9), not a fixed time; a service that does not follow is an error."""
+    server = unleash_server
+    apply_stage(server.url, server.admin_token, "off")
+    applied: list[str] = []
+
+    def apply(stage: str, environment: str = server.environment) -> None:
+        applied.append(stage)
+        apply_stage(server.url, server.admin_token, stage, environment=environment)
+
+    async with running(server, tmp_path / "flags.json", None) as (demo, client):
+        await eventually(lambda: demo.stages.source.tracker.source == "live", "live")
+        switcher = UnleashSwitcher(apply, client, timeout=30, poll=0.1)
+        await switcher.switch("l1-50")
+        report = (await client.get("/_demo/stage")).json()
+        assert (report["stage"], report["flags"]["source"]) == ("l1-50", "live")
+        assert demo.stages.rollout.decide("ws-001") == demo.stages.rollout.decide("ws-001")
+
+        elsewhere = UnleashSwitcher(
+            lambda stage: apply(stage, "production"), client, timeout=2, poll=0.1
+        )
+        with pytest.raises(ReplayError) as failed:
+            await elsewhere.switch("l1-100")
+        message = str(failed.value)
+        assert "did not follow stage 'l1-100' within 2 s" in message
+        assert "reports stage 'l1-50' from live flags" in message
+    assert applied == ["l1-50", "l1-100"]
+    apply_stage(server.url, server.admin_token, "off", environment="production")
 
 
 RULES = Path(__file__).resolve().parents[1] / "alerts" / "cachegate.rules.yml"

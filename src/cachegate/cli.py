@@ -164,10 +164,8 @@ def _switcher(args: argparse.Namespace) -> Callable[[httpx.AsyncClient], Switche
             environment=args.unleash_environment,
         )
 
-    settle = 20.0 if args.settle is None else args.settle
-
-    def unleash(_: httpx.AsyncClient) -> Switcher:
-        return rp.UnleashSwitcher(apply, settle=settle)
+    def unleash(client: httpx.AsyncClient) -> Switcher:
+        return rp.UnleashSwitcher(apply, client, timeout=args.stage_timeout)
 
     return unleash
 
@@ -288,9 +286,13 @@ def parser() -> argparse.ArgumentParser:
     rep.add_argument("--unleash-project", default="default")
     rep.add_argument("--unleash-environment", default="development")
     rep.add_argument(
+        "--stage-timeout",
         "--settle",
+        dest="stage_timeout",
         type=_non_negative,
-        help="seconds to wait after moving Unleash flags (default 20)",
+        default=60.0,
+        help="with --unleash-url: seconds to wait at most for the target to report the stage "
+        "from live flags after moving them; the replay fails after that (default 60)",
     )
     rep.add_argument("--quiet", action="store_true", help="no progress line")
     rep.set_defaults(handler=replay)
