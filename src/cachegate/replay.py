@@ -1,10 +1,11 @@
 """`cachegate replay`: a realistic workload through the rollout stages, measured.
 
 For each stage the flags are moved (the demo's `/_demo/stage`, or `apply_stage` on an Unleash
-server, then waiting until the target reports the stage from live flags), a bounded workload runs (`Workload`: Zipf-distributed questions across workspaces and
-clients, near-duplicates, session writes that invalidate), and the stage is measured twice:
-client-side (latency by the `X-CacheGate` path of each response, errors) and server-side
-(`/metrics` deltas: hits by layer, would-be hits, fresh calls and money avoided, agreement).
+server, then waiting until the target reports the stage from live flags), a bounded workload
+runs (`Workload`: Zipf-distributed questions across workspaces and clients, near-duplicates,
+session writes that invalidate), and the stage is measured twice: client-side (latency by the
+`X-CacheGate` path of each response, errors) and server-side (`/metrics` deltas: hits by layer,
+would-be hits, fresh calls and money avoided, agreement).
 The report never holds a tenant id or a question: only counts and durations.
 """
 
