@@ -63,6 +63,7 @@ __all__ = [
     "ROLLOUT_FLAGS",
     "STAGES",
     "STICKINESS_FIELD",
+    "VERIFY_MIN_INTERVAL",
     "DecisionCost",
     "FeatureCache",
     "FlagRollout",
@@ -760,12 +761,21 @@ class _Memo:
         self.decisions: dict[str, Decision] = {}
 
 
+VERIFY_MIN_INTERVAL = 900.0
+"""Seconds after which a tenant's next L1-serve request is verified whatever the sample says."""
+
+
 class FlagRollout:
     """The `Rollout` driven by Unleash flags, memoising decisions per (flag state, tenant).
 
     The `cachegate.l1.verify` sample is drawn per request and never memoised: with the shipped
     shape (one `flexibleRollout`, stickiness `random`) its percentage is read from the payload
     and compared with `random()`; any other shape is evaluated by the SDK on each L1-serve request.
+    Sampling is per tenant at the bottom: while the verify flag is on (the shipped shape), a
+    tenant not verified for `verify_min_interval` seconds (counted from its first request) has
+    its next L1-serve request verified,
+    so a tenant with little traffic is still checked (docs/runbooks.md: the detection goal behind
+    the numbers). A request so marked that turns out a miss verifies nothing (it is fresh).
     """
 
     def __init__(
@@ -774,13 +784,20 @@ class FlagRollout:
         *,
         rng: Callable[[], float] = random.random,
         memo_size: int = 10_000,
+        verify_min_interval: float = VERIFY_MIN_INTERVAL,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        """`memo_size` bounds the tenants remembered per flag state (0 disables memoisation)."""
+        """`memo_size` bounds the tenants remembered per flag state (0 disables memoisation) and
+        the tenants whose last verification is remembered; `verify_min_interval` 0 disables the
+        per-tenant minimum."""
         self._source = source
         self._rng = rng
         self._memo_size = memo_size
         self._memo = _Memo(-1)
         self._failed_version = -1
+        self._verify_min_interval = verify_min_interval
+        self._clock = clock
+        self._verified: dict[str, float] = {}
 
     @property
     def source(self) -> FlagSource:
@@ -850,11 +867,34 @@ class FlagRollout:
 
     def _verify(self, snapshot: FlagSnapshot, tenant: str) -> bool:
         rate = snapshot.verify_rate
-        if rate is None:
+        if rate is None:  # constraints may exclude tenants on purpose: no minimum
             return FLAG_L1_VERIFY in snapshot.known and self._source.is_enabled(
                 FLAG_L1_VERIFY, {STICKINESS_FIELD: tenant}
             )
-        return rate > 0.0 and self._rng() < rate
+        if rate <= 0.0:
+            return False
+        sampled = self._rng() < rate
+        if self._verify_min_interval <= 0:
+            return sampled
+        now = self._clock()
+        last = self._verified.get(tenant)
+        if last is None:  # the interval starts at a tenant's first request: no burst at start
+            self._note_verified(tenant, now)
+            return sampled
+        if not sampled and now - last < self._verify_min_interval:
+            return False
+        self._note_verified(tenant, now)
+        return True
+
+    def _note_verified(self, tenant: str, now: float) -> None:
+        verified = self._verified
+        verified.pop(tenant, None)
+        if len(verified) >= max(self._memo_size, 1):
+            try:
+                del verified[next(iter(verified))]
+            except (KeyError, RuntimeError, StopIteration):
+                verified.clear()
+        verified[tenant] = now
 
 
 def rollout_from_env(
