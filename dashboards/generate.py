@@ -271,9 +271,11 @@ def overview(q: Queries) -> Dashboard:
         (
             Panel(
                 "Latency p50 / p95 / p99 by path",
-                "How long do requests on the cached routes take, by cache path (hit, miss, "
-                "shadow, bypass)? A hit should take milliseconds (alert CacheGateHitLatencyHigh "
-                "at p95 > 50 ms); a miss costs the full fresh computation. Log scale.",
+                "How long do requests on the cached routes take, by cache path (hit, shared, "
+                "miss, shadow, bypass)? A hit should take milliseconds (alert "
+                "CacheGateHitLatencyHigh at p95 > 50 ms, hits only); shared: a single-flight "
+                "waiter given its leader's fresh result; a miss costs the full fresh "
+                "computation. Log scale.",
                 latency_targets("path", (0.5, 0.95, 0.99)),
                 unit="s",
                 log_scale=True,
@@ -442,6 +444,59 @@ def overview(q: Queries) -> Dashboard:
     )
 
 
+def flag_state_row(q: Queries) -> Row:
+    """Where the flags came from, how old they are, whether Unleash answers, and stickiness."""
+    return Row(
+        "Flags: live, fresh and sticky?",
+        (
+            Panel(
+                "Instances by flag source",
+                "Where does each instance's flag state come from? live: fetched from Unleash; "
+                "persisted: read back at start from the state file, Unleash not reached yet; "
+                "bootstrap: the bootstrap stage (off unless chosen); offline: no Unleash "
+                "configured. Alert CacheGateFlagStateNotLive fires after 5 minutes on persisted "
+                "or bootstrap flags.",
+                (
+                    Target(
+                        f"sum by (source) ({q.metric('flag_state_source')}{{{JOB}}})",
+                        "{{source}}",
+                    ),
+                ),
+                width=8,
+                min=0,
+                stack=True,
+            ),
+            Panel(
+                "Flag state age",
+                "How long ago did Unleash last confirm the flag state (oldest instance)? It "
+                "grows while Unleash does not answer: a change, the kill switch included, does "
+                "not reach the service. Alert CacheGateFlagStateStale at 5 minutes.",
+                (Target(f"cachegate:flag_state_age_seconds{{{JOB}}}", "{{job}}"),),
+                unit="s",
+                width=8,
+                min=0,
+                thresholds=((0, "green"), (300, "red")),
+            ),
+            Panel(
+                "Unleash polls without answer, and non-sticky rollouts",
+                "How many polls per second got no answer from Unleash (the log has one warning "
+                "when it stops answering and one when it answers again)? And how many serve or "
+                "shadow rollout strategies are not sticky on workspaceId (decided as if they "
+                "were; alert CacheGateFlagStickinessOverridden)?",
+                (
+                    Target(q.rate("flag_fetch_failures_total", "job"), "failed polls {{job}}"),
+                    Target(
+                        f"max by (flag) ({q.metric('flag_stickiness_overrides')}{{{JOB}}})",
+                        "not sticky {{flag}}",
+                    ),
+                ),
+                width=8,
+                min=0,
+            ),
+        ),
+    )
+
+
 def rollout(q: Queries) -> Dashboard:
     """The rollout's stage gates: share per mode, would-be hit rate, agreement, latency, cost."""
     agreement = ratio(
@@ -549,8 +604,9 @@ def rollout(q: Queries) -> Dashboard:
             ),
             Panel(
                 "Latency p95 by path",
-                "How does p95 latency compare between hits, misses, shadow and bypassed "
-                "requests? The plan's L1 criterion is p95 down more than 40% in total.",
+                "How does p95 latency compare between hits, shared results (single-flight "
+                "waiters), misses, shadow and bypassed requests? The plan's L1 criterion is p95 "
+                "down more than 40% in total.",
                 latency_targets("path", (0.95,)),
                 unit="s",
                 width=8,
@@ -577,7 +633,7 @@ def rollout(q: Queries) -> Dashboard:
         title="CacheGate / Rollout",
         description="CacheGate's rollout stage gates: rollout share per mode, would-be hit rate "
         "in dark launch, shadow and verify agreement, latency and money avoided.",
-        rows=(stage, dark, serve),
+        rows=(stage, dark, serve, flag_state_row(q)),
         with_route=True,
     )
 

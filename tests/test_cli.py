@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
+from pathlib import Path
 
 import pytest
+from prometheus_client import CollectorRegistry
 
 import cachegate.flagadmin
 from cachegate.cli import FAILED, OK, USAGE, main, parser
@@ -27,9 +30,31 @@ def clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_serve_defaults_are_what_make_run_uses() -> None:
     args = parser().parse_args(["serve"])
-    assert (args.host, args.port, args.stage) == ("127.0.0.1", 8000, DEFAULT_STAGE)
+    assert (args.host, args.port, args.stage) == ("127.0.0.1", 8000, None)
     assert (args.latency, args.embed_latency) == (DEFAULT_LATENCY, DEFAULT_EMBED_LATENCY)
     assert DEFAULT_STAGE in STAGES
+
+
+def test_serve_without_a_chosen_stage_bootstraps_unleash_off_and_offline_at_the_default(
+    tmp_path: Path,
+) -> None:
+    """A connected start without a persisted state must not invent `l1-100` (issue 16, item 1):
+    the bootstrap is `off` unless the operator chose a stage; offline, `make run` serves."""
+    from cachegate.demo.service import DemoConfig, build_demo
+    from cachegate.rollout import OFF
+
+    environ = {
+        "UNLEASH_URL": "http://127.0.0.1:9/api",
+        "UNLEASH_API_TOKEN": "client-token",
+        "CACHEGATE_FLAG_STATE_FILE": str(tmp_path / "flags.json"),
+    }
+    connected = build_demo(DemoConfig(), environ=environ, registry=CollectorRegistry())
+    assert connected.stages.rollout.decide("ws-001") is OFF
+    assert "bootstrap stage off" in connected.parts["flags"]
+    chosen = build_demo(DemoConfig(stage="l2"), environ=environ, registry=CollectorRegistry())
+    assert chosen.stages.rollout.decide("ws-001").l2 == "serve"
+    offline = build_demo(DemoConfig(), environ={}, registry=CollectorRegistry())
+    assert offline.stages.stage == DEFAULT_STAGE
 
 
 def test_serve_stage_defaults_to_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -163,16 +188,19 @@ def test_replay_through_unleash_applies_each_stage(
 
         assert isinstance(config, ReplayConfig)
         assert (config.query_cost, config.requests) == (0.02, 400)
+        from cachegate.replay import UnleashSwitcher
+
         move: Switcher = switcher(None)  # type: ignore[operator]
-        for stage in config.stages:
-            await move.switch(stage)
+        assert isinstance(move, UnleashSwitcher) and move.timeout == 7
+        for stage in config.stages:  # waiting for the target: tests/test_flag_state.py
+            await asyncio.to_thread(move.apply, stage)
         return []
 
     monkeypatch.setattr(cachegate.flagadmin, "apply_stage", apply_stage)
     monkeypatch.setattr("cachegate.replay.replay", fake_replay)
     monkeypatch.setenv("UNLEASH_ADMIN_TOKEN", "admin-token")
     argv = ["replay", "--unleash-url", "http://127.0.0.1:4242", "--stages", "dark-launch,l2"]
-    code, _ = run([*argv, "--settle", "0", "--query-cost", "0.02", "--json"])
+    code, _ = run([*argv, "--stage-timeout", "7", "--query-cost", "0.02", "--json"])
     assert code == OK
     assert applied == ["dark-launch", "l2"]
     assert json.loads(capsys.readouterr().out)["stages"] == []

@@ -287,7 +287,7 @@ def test_a_new_payload_is_not_memoised_until_it_settles() -> None:
     cache.set(FEATURES_URL, stage_path("l1-100").read_text())
     changed = cache.snapshot
     assert not changed.settled and changed.version != before.version
-    assert changed.verify_rate == 0.05
+    assert changed.verify_rate == 0.15
     cache.set(FEATURES_URL, stage_path("l1-100").read_text())
     assert cache.snapshot is changed
     cache.get(ETAG, "")
@@ -320,7 +320,7 @@ def test_memoised_decisions_cost_far_less() -> None:
 
 
 def test_verify_is_sampled_per_request_only_when_l1_serves() -> None:
-    draws = iter([0.01, 0.2, 0.049, 0.05])
+    draws = iter([0.01, 0.2, 0.149, 0.15])
     rollout = FlagRollout(l1_source(100), rng=lambda: next(draws))
     assert [rollout.decide("workspace-1").verify for _ in range(4)] == [True, False, True, False]
     shadow_only = FlagRollout(OfflineFlags.from_file(stage_path("l2")), rng=lambda: 0.0)
@@ -331,7 +331,29 @@ def test_verify_share_is_the_flag_percentage() -> None:
     rollout = FlagRollout(l1_source(100))
     n = 20_000
     share = sum(rollout.decide(TENANTS[i % 100]).verify for i in range(n)) / n
-    assert abs(share - 0.05) <= 5 * math.sqrt(0.05 * 0.95 / n)
+    assert abs(share - 0.15) <= 5 * math.sqrt(0.15 * 0.85 / n)
+
+
+def test_verify_samples_per_tenant_so_a_small_tenant_is_not_starved() -> None:
+    """Issue 16, item 4: at the sample rate alone a tenant with a few requests an hour may go
+    unverified for hours; each tenant gets at least one verification per interval."""
+    now = [0.0]
+    rollout = FlagRollout(
+        l1_source(100), rng=lambda: 1.0, verify_min_interval=900, clock=lambda: now[0]
+    )
+    big, small = "workspace-1", "workspace-2"
+    assert not rollout.decide(big).verify and not rollout.decide(small).verify
+    for minute in range(1, 15):
+        now[0] = minute * 60.0
+        assert not any(rollout.decide(big).verify for _ in range(100)), "the sample says no"
+    now[0] = 900.0
+    assert rollout.decide(small).verify, "due again after the interval"
+    assert not rollout.decide(small).verify
+    assert rollout.decide(big).verify and not rollout.decide(big).verify
+    sampled = FlagRollout(l1_source(100), rng=lambda: 0.0, clock=lambda: now[0])
+    assert all(sampled.decide(big).verify for _ in range(10)), "the sample still applies"
+    never = FlagRollout(l1_source(100), rng=lambda: 1.0, verify_min_interval=0)
+    assert not never.decide(small).verify
 
 
 def test_verify_off_when_the_flag_is_off() -> None:

@@ -25,7 +25,6 @@ from cachegate.replay import (
     ReplayError,
     Samples,
     StageResult,
-    UnleashSwitcher,
     check_loopback,
     render_json,
     render_markdown,
@@ -226,17 +225,6 @@ def test_a_target_without_cachegate_metrics_is_refused(target: str) -> None:
     config = ReplayConfig(url=target, requests=1, namespace="other")
     with pytest.raises(ReplayError, match="other_cache_hits_total"):
         asyncio.run(replay(config))
-
-
-def test_unleash_switcher_applies_then_waits() -> None:
-    events: list[str] = []
-
-    async def sleep(seconds: float) -> None:
-        events.append(f"sleep {seconds}")
-
-    switcher = UnleashSwitcher(lambda stage: events.append(f"apply {stage}"), settle=3, sleep=sleep)
-    asyncio.run(switcher.switch("l1-50"))
-    assert events == ["apply l1-50", "sleep 3"]
 
 
 # --- units ---------------------------------------------------------------------------------------

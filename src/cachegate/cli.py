@@ -79,7 +79,7 @@ def serve(args: argparse.Namespace, err: TextIO) -> int:
 
     from cachegate.demo.service import DemoConfig, build_demo
 
-    stage = _stage(args.stage)
+    stage = None if args.stage is None else _stage(args.stage)
     catalog = Catalog(workspaces=args.workspaces, clients=args.clients)
     config = DemoConfig(
         stage=stage, latency=args.latency, embed_latency=args.embed_latency, catalog=catalog
@@ -164,10 +164,8 @@ def _switcher(args: argparse.Namespace) -> Callable[[httpx.AsyncClient], Switche
             environment=args.unleash_environment,
         )
 
-    settle = 20.0 if args.settle is None else args.settle
-
-    def unleash(_: httpx.AsyncClient) -> Switcher:
-        return rp.UnleashSwitcher(apply, settle=settle)
+    def unleash(client: httpx.AsyncClient) -> Switcher:
+        return rp.UnleashSwitcher(apply, client, timeout=args.stage_timeout)
 
     return unleash
 
@@ -228,8 +226,12 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--port", type=int, default=8000)
     run.add_argument(
         "--stage",
-        default=os.environ.get("CACHEGATE_STAGE") or DEFAULT_STAGE,
-        help=f"flag stage from flags/ ({stage_list}); default $CACHEGATE_STAGE or {DEFAULT_STAGE}",
+        default=os.environ.get("CACHEGATE_STAGE") or None,
+        help=(
+            f"flag stage from flags/ ({stage_list}); default $CACHEGATE_STAGE, else "
+            f"{DEFAULT_STAGE} without Unleash; with UNLEASH_URL the bootstrap used only when "
+            "no persisted flag state exists, default off"
+        ),
     )
     run.add_argument(
         "--latency",
@@ -284,9 +286,13 @@ def parser() -> argparse.ArgumentParser:
     rep.add_argument("--unleash-project", default="default")
     rep.add_argument("--unleash-environment", default="development")
     rep.add_argument(
+        "--stage-timeout",
         "--settle",
+        dest="stage_timeout",
         type=_non_negative,
-        help="seconds to wait after moving Unleash flags (default 20)",
+        default=60.0,
+        help="with --unleash-url: seconds to wait at most for the target to report the stage "
+        "from live flags after moving them; the replay fails after that (default 60)",
     )
     rep.add_argument("--quiet", action="store_true", help="no progress line")
     rep.set_defaults(handler=replay)

@@ -457,10 +457,14 @@ class _Core:
         if fresh.error is not None:
             raise fresh.error
         if mode is Mode.SHADOW:
-            self._count_shadow(hit_count, miss_count)
+            if stored is not None:  # as in L1: a failed store lookup is no shadow lookup
+                self._count_shadow(hit_count, miss_count)
             self._compare(call, cached, fresh)
             return self._respond(call, {}, fresh)
-        self._count_serve(call, hit_count, miss_count)
+        if stored is None:  # as in L1: a bypass for `store_error`, not misses
+            self._bypass_store_error()
+        else:
+            self._count_serve(call, hit_count, miss_count)
         self._as_stored(fresh)
         return self._respond(call, cached, fresh, whole=False)
 
@@ -471,6 +475,11 @@ class _Core:
             values = vectors.get("float")
             if values is not None:
                 vectors["float"] = decode_vector(self._encode("float", values)).values
+
+    def _bypass_store_error(self) -> None:
+        self.stats.bypassed += 1
+        if self.metrics is not None:
+            self.metrics.bypasses.labels("store_error").inc()
 
     async def _read(self, keys: list[str]) -> list[bytes | None] | None:
         """All keys in one `get_many`; None when the store failed (everything is a miss)."""

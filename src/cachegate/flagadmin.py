@@ -17,7 +17,7 @@ from urllib.parse import quote
 
 import httpx
 
-from cachegate.flags import FLAGS, STICKINESS_FIELD, stage_path, stages
+from cachegate.flags import FLAGS, STICKINESS_FIELD, nearest_stage, stage_path
 
 __all__ = ["FlagAdminError", "apply_stage", "show_flags"]
 
@@ -60,7 +60,7 @@ def apply_stage(
 
 def show_flags(unleash_url: str, admin_token: str, *, project: str = "default") -> str:
     """A readable table of the CacheGate flags on the server, per environment, and the stage
-    each environment matches."""
+    each environment matches, or the nearest one and every flag that differs from it, and why."""
     with _admin(unleash_url, admin_token) as admin:
         context = _get(admin, f"/context/{quote(STICKINESS_FIELD)}", missing_ok=True)
         rows: list[tuple[str, str, str, str]] = []
@@ -84,8 +84,14 @@ def show_flags(unleash_url: str, admin_token: str, *, project: str = "default") 
     lines.extend(_table(("FLAG", "ENVIRONMENT", "STATE", "STRATEGIES"), rows))
     lines.append("")
     for env_name, flags in sorted(by_environment.items()):
-        match = _matching_stage(flags)
-        lines.append(f"{env_name}: " + (f"stage {match}" if match else "matches no stage file"))
+        nearest, differences = nearest_stage(flags)
+        if nearest is None:
+            lines.append(f"{env_name}: no stage files to compare with")
+        elif not differences:
+            lines.append(f"{env_name}: stage {nearest}")
+        else:
+            lines.append(f"{env_name}: nearest stage {nearest}; differs in:")
+            lines.extend(f"  {line}" for line in differences)
     return "\n".join(lines)
 
 
@@ -276,24 +282,6 @@ def _describe(strategy: Mapping[str, Any]) -> str:
     if strategy.get("disabled"):
         text += " (disabled)"
     return text
-
-
-def _matching_stage(flags: Mapping[str, Mapping[str, Any]]) -> str | None:
-    """The first stage file whose flags equal `flags` (one environment's state), if any."""
-    for name in stages():
-        try:
-            wanted = _stage_features(stage_path(name))
-        except (FlagAdminError, ValueError, OSError):
-            continue
-        if all(
-            f["name"] in flags
-            and bool(flags[f["name"]].get("enabled")) == bool(f["enabled"])
-            and [_normal(s) for s in flags[f["name"]].get("strategies", [])]
-            == [_normal(s) for s in f.get("strategies") or []]
-            for f in wanted
-        ):
-            return name
-    return None
 
 
 def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:

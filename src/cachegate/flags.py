@@ -10,11 +10,15 @@ Two sources hold the flag state, both an `UnleashClient` evaluating with Unleash
 
 Both keep the SDK's feature payload in a `FeatureCache`, which publishes an immutable
 `FlagSnapshot` per payload; `FlagRollout` memoises decisions per (snapshot version, tenant), so a
-request normally costs a dict lookup instead of six `is_enabled` calls.
+request normally costs a dict lookup instead of six `is_enabled` calls. The cache also tells a
+`FlagStateTracker` (`flagstate.py`) whether each poll was answered, and persists what Unleash
+answered, so that a start without Unleash uses the last fetched state (see docs/flags.md).
 
 Rules (see docs/flags.md): the kill switch wins; per layer `serve` beats `shadow` beats off; a
 request without tenant is in no rollout; a state without the kill-switch flag (unreadable, empty,
-not ours) is off for every layer, and any other unknown flag counts as disabled.
+not ours) is off for every layer, and any other unknown flag counts as disabled. A rollout
+strategy of a serve or shadow flag whose stickiness is not the tenant field is decided as if it
+were (counted and logged), so a dashboard edit cannot make a tenant flip between modes.
 """
 
 from __future__ import annotations
@@ -38,6 +42,14 @@ from UnleashClient.clients.unleash_client import UnleashClient
 from UnleashClient.constants import ETAG, FEATURES_URL
 from UnleashClient.utils import InstanceAllowType
 
+from cachegate.flagstate import (
+    FlagStateFile,
+    FlagStateTracker,
+    Source,
+    mark_polling,
+    quiet_sdk_logs,
+)
+from cachegate.metrics import Metrics
 from cachegate.rollout import OFF, Decision, Mode
 
 __all__ = [
@@ -48,8 +60,10 @@ __all__ = [
     "FLAG_L1_VERIFY",
     "FLAG_L2_SERVE",
     "FLAG_L2_SHADOW",
+    "ROLLOUT_FLAGS",
     "STAGES",
     "STICKINESS_FIELD",
+    "VERIFY_MIN_INTERVAL",
     "DecisionCost",
     "FeatureCache",
     "FlagRollout",
@@ -61,6 +75,7 @@ __all__ = [
     "UnleashSettings",
     "flags_dir",
     "measure_decision_cost",
+    "nearest_stage",
     "rollout_from_env",
     "stage_path",
     "stages",
@@ -86,6 +101,17 @@ FLAGS = (
 
 STICKINESS_FIELD = "workspaceId"
 """The Unleash context field that carries the tenant; `serve` rollouts are sticky on it."""
+
+ROLLOUT_FLAGS = (FLAG_L1_SERVE, FLAG_L1_SHADOW, FLAG_L2_SERVE, FLAG_L2_SHADOW)
+"""The flags whose percentage rollouts must be sticky on the tenant."""
+
+_ROLLOUT_STRATEGIES = {
+    "flexibleRollout": "rollout",
+    "gradualRolloutRandom": "percentage",
+    "gradualRolloutSessionId": "percentage",
+    "gradualRolloutUserId": "percentage",
+}
+"""Percentage strategies, and the parameter holding their percentage."""
 
 STAGES = ("off", "dark-launch", "l2", "l1-10", "l1-50", "l1-100")
 """The rollout stages shipped in `flags/`, in rollout order."""
@@ -154,6 +180,149 @@ def _parse_features(text: str) -> dict[str, Mapping[str, Any]]:
         if isinstance(feature, dict) and isinstance(feature.get("name"), str):
             features[feature["name"]] = feature
     return features
+
+
+def _strategy_key(strategy: Mapping[str, Any]) -> tuple[str, str, str, bool]:
+    """What makes two strategies the same, ignoring ids, titles, sort order and variants."""
+    parameters = {k: str(v) for k, v in (strategy.get("parameters") or {}).items()}
+    return (
+        str(strategy.get("name")),
+        json.dumps(parameters, sort_keys=True),
+        json.dumps(strategy.get("constraints") or [], sort_keys=True),
+        bool(strategy.get("disabled", False)),
+    )
+
+
+def _not_sticky(name: str, strategy: Mapping[str, Any]) -> str | None:
+    """Why a strategy of rollout flag `name` is not sticky on the tenant, or None if it is."""
+    kind = strategy.get("name")
+    if name not in ROLLOUT_FLAGS or kind not in _ROLLOUT_STRATEGIES:
+        return None
+    if kind != "flexibleRollout":
+        return f"{kind} is not sticky on {STICKINESS_FIELD}"
+    stickiness = (strategy.get("parameters") or {}).get("stickiness", "default")
+    if stickiness == STICKINESS_FIELD:
+        return None
+    return f"stickiness {stickiness!r}, not {STICKINESS_FIELD!r}"
+
+
+def _strategy_difference(
+    name: str, got: Mapping[str, Any], want: Mapping[str, Any]
+) -> tuple[str, int]:
+    """How one strategy differs from the stage's, parameter by parameter where comparable, and
+    in how many items."""
+    reason = _not_sticky(name, got)
+    changed: list[str] = []
+    if got.get("name") != want.get("name"):
+        text = f"strategy {got.get('name')} (stage: {want.get('name')})"
+        changed.append(text)
+    else:
+        have = {k: str(v) for k, v in (got.get("parameters") or {}).items()}
+        need = {k: str(v) for k, v in (want.get("parameters") or {}).items()}
+        changed = [
+            f"{key} {have.get(key, '-')} (stage: {need.get(key, '-')})"
+            for key in sorted(set(have) | set(need))
+            if have.get(key) != need.get(key)
+        ]
+        if (got.get("constraints") or []) != (want.get("constraints") or []):
+            changed.append("constraints differ")
+        if bool(got.get("disabled")) != bool(want.get("disabled")):
+            changed.append("disabled" if got.get("disabled") else "enabled")
+        text = ", ".join(changed) or "differs"
+    if reason is not None:
+        text += f"; not sticky on the tenant ({reason}): decided as if it were"
+    return text, max(len(changed), 1)
+
+
+def flag_differences(
+    flags: Mapping[str, Mapping[str, Any]], stage: Mapping[str, Mapping[str, Any]]
+) -> list[str]:
+    """Every CacheGate flag of `flags` that differs from `stage` (both name -> feature with
+    `enabled` and `strategies`), and why, one line each."""
+    return [line for line, _ in _weighed_differences(flags, stage)]
+
+
+def _weighed_differences(
+    flags: Mapping[str, Mapping[str, Any]], stage: Mapping[str, Mapping[str, Any]]
+) -> list[tuple[str, int]]:
+    """`flag_differences`, each line with the number of items that differ in it."""
+    lines: list[tuple[str, int]] = []
+    for name in FLAGS:
+        got, want = flags.get(name), stage.get(name)
+        if want is None:
+            continue
+        if got is None:
+            lines.append((f"{name}: missing (stage: {'on' if want.get('enabled') else 'off'})", 3))
+            continue
+        if bool(got.get("enabled")) != bool(want.get("enabled")):
+            state = "on" if got.get("enabled") else "off"
+            lines.append((f"{name}: {state} (stage: {'off' if state == 'on' else 'on'})", 1))
+        have = list(got.get("strategies") or [])
+        need = list(want.get("strategies") or [])
+        if [_strategy_key(x) for x in have] == [_strategy_key(x) for x in need]:
+            continue
+        if len(have) != len(need):
+            lines.append((f"{name}: {len(have)} strategies (stage: {len(need)})", 2))
+            continue
+        for index, (a, b) in enumerate(zip(have, need, strict=True)):
+            if _strategy_key(a) != _strategy_key(b):
+                where = f" strategy {index + 1}" if len(have) > 1 else ""
+                text, weight = _strategy_difference(name, a, b)
+                lines.append((f"{name}{where}: {text}", weight))
+    return lines
+
+
+def nearest_stage(
+    flags: Mapping[str, Mapping[str, Any]], environ: Mapping[str, str] | None = None
+) -> tuple[str | None, list[str]]:
+    """The stage file nearest to `flags` (fewest differing items, then rollout order), and the
+    differences; `(name, [])` when `flags` match a stage exactly, `(None, [])` with no stages."""
+    best: tuple[str | None, list[str]] = (None, [])
+    best_weight = 0
+    for name in stages(environ):
+        try:
+            stage = _parse_features(stage_path(name, environ).read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, ValueError):
+            continue
+        weighed = _weighed_differences(flags, stage)
+        weight = sum(w for _, w in weighed)
+        if best[0] is None or weight < best_weight:
+            best, best_weight = (name, [line for line, _ in weighed]), weight
+        if not weighed:
+            break
+    return best
+
+
+def _sticky_payload(payload: str) -> tuple[str, dict[str, int]]:
+    """`payload` with every rollout strategy of the serve and shadow flags made sticky on the
+    tenant, and how many strategies of each flag were changed; unchanged if it is unreadable."""
+    try:
+        data = json.loads(payload)
+    except ValueError:
+        return payload, {}
+    if not isinstance(data, dict) or not isinstance(data.get("features"), list):
+        return payload, {}
+    overrides: dict[str, int] = {}
+    for feature in data["features"]:
+        if not isinstance(feature, dict) or not isinstance(feature.get("strategies"), list):
+            continue
+        name = feature.get("name")
+        for index, strategy in enumerate(feature["strategies"]):
+            if not isinstance(strategy, dict) or _not_sticky(str(name), strategy) is None:
+                continue
+            parameters = dict(strategy.get("parameters") or {})
+            percentage = parameters.get(_ROLLOUT_STRATEGIES[strategy["name"]], "0")
+            feature["strategies"][index] = {
+                **strategy,
+                "name": "flexibleRollout",
+                "parameters": {
+                    "rollout": str(percentage),
+                    "stickiness": STICKINESS_FIELD,
+                    "groupId": str(parameters.get("groupId") or name),
+                },
+            }
+            overrides[str(name)] = overrides.get(str(name), 0) + 1
+    return (json.dumps(data) if overrides else payload), overrides
 
 
 # --- the flag state ----------------------------------------------------------------------------
@@ -232,17 +401,34 @@ class FeatureCache(BaseCache):
     The SDK writes a fetched payload here and then hands it to its engine. A new payload
     therefore yields an unsettled snapshot, which settles when the SDK next reads the ETag: it
     does so at the start of its next poll, after the previous payload reached the engine. Sources
-    that load synchronously call `settle()` themselves. Nothing is written to disk.
+    that load synchronously call `settle()` themselves.
+
+    A poll reads the ETag, fetches, writes the payload if Unleash answered, and reads the payload
+    back for its engine: so a poll with no write in between got no answer. The ETag read is
+    always empty, so every poll is a full fetch: Unleash answers a conditional one with a 304
+    that may carry no ETag, which writes nothing and could not be told from a failure (the
+    payload is a few kilobytes). Each poll's outcome goes to `tracker`. The engine reads the
+    payload with every rollout strategy made sticky on the tenant (`_sticky_payload`); the
+    tracker persists the raw one.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, tracker: FlagStateTracker | None = None) -> None:
         self._values: dict[str, Any] = {}
         self._payload: str | None = None
+        self._engine_payload: str | None = None
         self._lock = threading.Lock()
+        self.tracker = tracker if tracker is not None else FlagStateTracker()
         self.snapshot: FlagSnapshot = replace(_EMPTY, version=next(_versions))
         self.bootstrapped = False
         self.polls = 0
         """Polls the SDK has started (it reads the ETag once per poll)."""
+        self._polling = False
+        self._answered = False
+
+    @property
+    def payload(self) -> str | None:
+        """The features payload in use, as Unleash (or the bootstrap) gave it."""
+        return self._payload
 
     def bootstrap(self, payload: str) -> None:
         """Seed the cache with a payload the SDK will load at construction."""
@@ -257,11 +443,20 @@ class FeatureCache(BaseCache):
 
     def set(self, key: str, value: Any) -> None:
         """Store a value; a changed features payload publishes a new, unsettled snapshot."""
+        overrides: dict[str, int] | None = None
         with self._lock:
             self._values[key] = value
+            if self._polling and key in (FEATURES_URL, ETAG):
+                self._answered = True
             if key == FEATURES_URL and value != self._payload:
                 self._payload = value if isinstance(value, str) else None
+                overrides = {}
+                self._engine_payload = self._payload
+                if self._payload is not None:
+                    self._engine_payload, overrides = _sticky_payload(self._payload)
                 self.snapshot = _snapshot_of(self._payload, settled=False)
+        if overrides is not None:
+            self.tracker.stickiness(overrides)
 
     def mset(self, data: dict[str, Any]) -> None:
         """Store several values."""
@@ -269,10 +464,25 @@ class FeatureCache(BaseCache):
             self.set(key, value)
 
     def get(self, key: str, default: Any | None = None) -> Any:
-        """Read a value; reading the ETag means the SDK starts a poll, so the state settles."""
+        """Read a value; reading the ETag starts a poll (the state settles), reading the
+        payload during one ends it."""
         if key == ETAG:
             self.polls += 1
             self.settle()
+            with self._lock:
+                self._polling, self._answered = True, False
+            mark_polling(True)
+            return ""
+        elif key == FEATURES_URL:
+            with self._lock:
+                ended, answered, self._polling = self._polling, self._answered, False
+            if ended:
+                mark_polling(False)
+                if answered:
+                    self.tracker.answered(self._payload)
+                else:
+                    self.tracker.unanswered()
+            return self._engine_payload if self._engine_payload is not None else default
         return self._values.get(key, default)
 
     def exists(self, key: str) -> bool:
@@ -283,6 +493,7 @@ class FeatureCache(BaseCache):
         """Forget everything."""
         with self._lock:
             self._values.clear()
+            self._engine_payload = None
 
 
 class FlagSource(Protocol):
@@ -321,18 +532,25 @@ def _offline_client(cache: FeatureCache) -> UnleashClient:
 class OfflineFlags:
     """Flags from a stage file or payload, evaluated by the SDK; no thread, no network."""
 
-    def __init__(self, payload: str | None) -> None:
-        """`payload` is a client-features JSON document; None or unreadable: every layer off."""
+    def __init__(self, payload: str | None, *, metrics: Metrics | None = None) -> None:
+        """`payload` is a client-features JSON document; None or unreadable: every layer off.
+        With `metrics`, the source (`offline`) is exported."""
+        self.tracker = FlagStateTracker(metrics=metrics)
         self._state: tuple[UnleashClient, FeatureCache] = self._build(payload)
+        self.tracker.begin(Source.OFFLINE, None, "no Unleash configured: a stage file")
 
     @classmethod
-    def from_file(cls, path: Path) -> OfflineFlags:
+    def from_file(cls, path: Path, *, metrics: Metrics | None = None) -> OfflineFlags:
         """Flags from a stage file; an unreadable file is logged and means every layer off."""
-        return cls(_read_payload(path))
+        return cls(_read_payload(path), metrics=metrics)
 
-    @staticmethod
-    def _build(payload: str | None) -> tuple[UnleashClient, FeatureCache]:
-        cache = FeatureCache()
+    @property
+    def payload(self) -> str | None:
+        """The features payload in use."""
+        return self._state[1].payload
+
+    def _build(self, payload: str | None) -> tuple[UnleashClient, FeatureCache]:
+        cache = FeatureCache(self.tracker)
         if payload is not None:
             cache.bootstrap(payload)
         client = _offline_client(cache)
@@ -411,20 +629,40 @@ class UnleashFlags:
         """`client` must have been built with `cache` (see `connect`)."""
         self._client = client
         self._cache = cache
+        self.tracker = cache.tracker
         self._thread: threading.Thread | None = None
         self._started = threading.Event()
         self._closed = False
 
     @classmethod
-    def connect(cls, settings: UnleashSettings, *, bootstrap: Path | None = None) -> UnleashFlags:
-        """A source for `settings`, holding the flags of `bootstrap` until the first fetch.
+    def connect(
+        cls,
+        settings: UnleashSettings,
+        *,
+        bootstrap: Path | None = None,
+        state_file: FlagStateFile | None = None,
+        metrics: Metrics | None = None,
+    ) -> UnleashFlags:
+        """A source for `settings`, holding a start state until Unleash first answers.
 
-        Builds the client and loads the bootstrap synchronously; makes no network call.
+        The start state is the one persisted in `state_file` (the last Unleash answered, to
+        any process of the service), else the stage file `bootstrap`, else every layer off.
+        Every answered poll is written to `state_file`. Builds the client and loads the start
+        state synchronously; makes no network call.
         """
-        cache = FeatureCache()
+        quiet_sdk_logs()
+        tracker = FlagStateTracker(metrics=metrics, state_file=state_file)
+        cache = FeatureCache(tracker)
+        persisted = state_file.load() if state_file is not None else None
         payload = _read_payload(bootstrap) if bootstrap is not None else None
-        if payload is not None:
+        if persisted is not None and state_file is not None:
+            cache.bootstrap(persisted.payload)
+            tracker.begin(Source.PERSISTED, persisted.fetched_at, f"from {state_file.path}")
+        elif payload is not None:
             cache.bootstrap(payload)
+            tracker.begin(Source.BOOTSTRAP, None, f"stage file {bootstrap}")
+        else:
+            tracker.begin(Source.BOOTSTRAP, None, "no persisted state, no stage: every layer off")
         client = UnleashClient(
             url=settings.url,
             app_name=settings.app_name,
@@ -443,6 +681,11 @@ class UnleashFlags:
     def snapshot(self) -> FlagSnapshot:
         """The current state's snapshot."""
         return self._cache.snapshot
+
+    @property
+    def payload(self) -> str | None:
+        """The features payload in use, as Unleash (or the start state) gave it."""
+        return self._cache.payload
 
     @property
     def polls(self) -> int:
@@ -518,12 +761,21 @@ class _Memo:
         self.decisions: dict[str, Decision] = {}
 
 
+VERIFY_MIN_INTERVAL = 900.0
+"""Seconds after which a tenant's next L1-serve request is verified whatever the sample says."""
+
+
 class FlagRollout:
     """The `Rollout` driven by Unleash flags, memoising decisions per (flag state, tenant).
 
     The `cachegate.l1.verify` sample is drawn per request and never memoised: with the shipped
     shape (one `flexibleRollout`, stickiness `random`) its percentage is read from the payload
     and compared with `random()`; any other shape is evaluated by the SDK on each L1-serve request.
+    Sampling is per tenant at the bottom: while the verify flag is on (the shipped shape), a
+    tenant not verified for `verify_min_interval` seconds (counted from its first request) has
+    its next L1-serve request verified,
+    so a tenant with little traffic is still checked (docs/runbooks.md: the detection goal behind
+    the numbers). A request so marked that turns out a miss verifies nothing (it is fresh).
     """
 
     def __init__(
@@ -532,13 +784,20 @@ class FlagRollout:
         *,
         rng: Callable[[], float] = random.random,
         memo_size: int = 10_000,
+        verify_min_interval: float = VERIFY_MIN_INTERVAL,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        """`memo_size` bounds the tenants remembered per flag state (0 disables memoisation)."""
+        """`memo_size` bounds the tenants remembered per flag state (0 disables memoisation) and
+        the tenants whose last verification is remembered; `verify_min_interval` 0 disables the
+        per-tenant minimum."""
         self._source = source
         self._rng = rng
         self._memo_size = memo_size
         self._memo = _Memo(-1)
         self._failed_version = -1
+        self._verify_min_interval = verify_min_interval
+        self._clock = clock
+        self._verified: dict[str, float] = {}
 
     @property
     def source(self) -> FlagSource:
@@ -608,22 +867,47 @@ class FlagRollout:
 
     def _verify(self, snapshot: FlagSnapshot, tenant: str) -> bool:
         rate = snapshot.verify_rate
-        if rate is None:
+        if rate is None:  # constraints may exclude tenants on purpose: no minimum
             return FLAG_L1_VERIFY in snapshot.known and self._source.is_enabled(
                 FLAG_L1_VERIFY, {STICKINESS_FIELD: tenant}
             )
-        return rate > 0.0 and self._rng() < rate
+        if rate <= 0.0:
+            return False
+        sampled = self._rng() < rate
+        if self._verify_min_interval <= 0:
+            return sampled
+        now = self._clock()
+        last = self._verified.get(tenant)
+        if last is None:  # the interval starts at a tenant's first request: no burst at start
+            self._note_verified(tenant, now)
+            return sampled
+        if not sampled and now - last < self._verify_min_interval:
+            return False
+        self._note_verified(tenant, now)
+        return True
+
+    def _note_verified(self, tenant: str, now: float) -> None:
+        verified = self._verified
+        verified.pop(tenant, None)
+        if len(verified) >= max(self._memo_size, 1):
+            try:
+                del verified[next(iter(verified))]
+            except (KeyError, RuntimeError, StopIteration):
+                verified.clear()
+        verified[tenant] = now
 
 
 def rollout_from_env(
     stage_file: Path | None = None,
     *,
     environ: Mapping[str, str] | None = None,
+    metrics: Metrics | None = None,
 ) -> FlagRollout:
     """A `FlagRollout` configured from the environment.
 
-    With `UNLEASH_URL` set: connected (`UnleashSettings.from_env`), bootstrapped from
-    `stage_file`; without: offline on `stage_file`. `stage_file` defaults to the stage named by
+    With `UNLEASH_URL` set: connected (`UnleashSettings.from_env`), starting from the state
+    persisted in `FlagStateFile.default` (`CACHEGATE_FLAG_STATE_FILE`), else from `stage_file`;
+    without: offline on `stage_file`. `stage_file` defaults to the stage named by
     `CACHEGATE_STAGE`, else `off`. Call `await rollout.start()` / `await rollout.aclose()` from
     the app's lifespan (no-ops offline).
     """
@@ -632,9 +916,17 @@ def rollout_from_env(
         stage_file = stage_path(env.get(STAGE_ENV) or DEFAULT_STAGE, env)
     source: FlagSource
     if env.get("UNLEASH_URL"):
-        source = UnleashFlags.connect(UnleashSettings.from_env(env), bootstrap=stage_file)
+        settings = UnleashSettings.from_env(env)
+        source = UnleashFlags.connect(
+            settings,
+            bootstrap=stage_file,
+            state_file=FlagStateFile.default(
+                settings.url, settings.app_name, settings.environment, env
+            ),
+            metrics=metrics,
+        )
     else:
-        source = OfflineFlags.from_file(stage_file)
+        source = OfflineFlags.from_file(stage_file, metrics=metrics)
     return FlagRollout(source)
 
 

@@ -22,7 +22,8 @@ from prometheus_client.multiprocess import MultiProcessCollector
 
 LAYERS = ("query_result", "embedding")
 """Values of `cache_layer`: L1 result cache and L2 embedding cache, as in the original service."""
-PATHS = ("hit", "miss", "shadow", "bypass")
+PATHS = ("hit", "shared", "miss", "shadow", "bypass")
+"""`shared`: a single-flight waiter answered with its leader's fresh result (counted as a hit)."""
 MODES = ("off", "shadow", "serve")
 OUTCOMES = ("match", "mismatch", "error")
 COMPARISON_KINDS = ("shadow", "verify", "noise")
@@ -51,6 +52,15 @@ BYPASS_REASONS = (
 )
 ENCRYPTION_REJECTS = ("unknown_key", "invalid")
 SINGLE_FLIGHT_OUTCOMES = ("shared", "timeout", "not_shared")
+FLAG_SOURCES = ("live", "persisted", "bootstrap", "offline")
+"""Values of `flag_state_source`'s `source` (see `cachegate.flagstate.Source`)."""
+ROLLOUT_FLAGS = (
+    "cachegate.l1.serve",
+    "cachegate.l1.shadow",
+    "cachegate.l2.serve",
+    "cachegate.l2.shadow",
+)
+"""The flags whose rollout must be sticky on the tenant (`flag_stickiness_overrides`)."""
 UNCACHEABLE_REASONS = (
     "status",
     "set_cookie",
@@ -229,6 +239,35 @@ class Metrics:
             namespace=ns,
             registry=reg,
         )
+        self.flag_state_source = Gauge(
+            "flag_state_source",
+            "1 for where the flag state in use came from: live, persisted, bootstrap, offline.",
+            ["source"],
+            namespace=ns,
+            registry=reg,
+            multiprocess_mode="livemax",
+        )
+        self.flag_state_fetched = Gauge(
+            "flag_state_fetched_timestamp_seconds",
+            "Unix time Unleash last confirmed the flag state in use (0: never); age = time() - it.",
+            namespace=ns,
+            registry=reg,
+            multiprocess_mode="livemin",
+        )
+        self.flag_fetch_failures = Counter(
+            "flag_fetch_failures",
+            "Polls of the Unleash client that got no answer (unreachable, timeout, HTTP error).",
+            namespace=ns,
+            registry=reg,
+        )
+        self.flag_stickiness_overrides = Gauge(
+            "flag_stickiness_overrides",
+            "Rollout strategies of the flag state not sticky on the tenant (decided as if sticky).",
+            ["flag"],
+            namespace=ns,
+            registry=reg,
+            multiprocess_mode="livemax",
+        )
         self._initialise(routes, invalidation_reasons)
 
     def _initialise(self, routes: Iterable[str], reasons: Iterable[str]) -> None:
@@ -263,6 +302,10 @@ class Metrics:
             self.encrypted_rejected.labels(reason)
         for outcome in SINGLE_FLIGHT_OUTCOMES:
             self.single_flight.labels(outcome)
+        for source in FLAG_SOURCES:
+            self.flag_state_source.labels(source)
+        for flag in ROLLOUT_FLAGS:
+            self.flag_stickiness_overrides.labels(flag)
         self.initialise_routes(routes, reasons)
         self.breaker_open.set(0)
 

@@ -249,7 +249,7 @@ class CacheResponder:
                 outcome = "not_shared" if shared is None else "shared"
             gate.metrics.single_flight.labels(outcome).inc()
             if shared is not None:
-                self.path = "hit"
+                self.path = "shared"  # waited on a leader: not a hit's latency
                 self.counts.hits.inc()
                 self._avoided()
                 await replay(send, shared.status, shared.headers, shared.body, b"hit")

@@ -1,10 +1,11 @@
 """`cachegate replay`: a realistic workload through the rollout stages, measured.
 
 For each stage the flags are moved (the demo's `/_demo/stage`, or `apply_stage` on an Unleash
-server), a bounded workload runs (`Workload`: Zipf-distributed questions across workspaces and
-clients, near-duplicates, session writes that invalidate), and the stage is measured twice:
-client-side (latency by the `X-CacheGate` path of each response, errors) and server-side
-(`/metrics` deltas: hits by layer, would-be hits, fresh calls and money avoided, agreement).
+server, then waiting until the target reports the stage from live flags), a bounded workload
+runs (`Workload`: Zipf-distributed questions across workspaces and clients, near-duplicates,
+session writes that invalidate), and the stage is measured twice: client-side (latency by the
+`X-CacheGate` path of each response, errors) and server-side (`/metrics` deltas: hits by layer,
+would-be hits, fresh calls and money avoided, agreement).
 The report never holds a tenant id or a question: only counts and durations.
 """
 
@@ -324,24 +325,68 @@ class DemoSwitcher:
 
 
 class UnleashSwitcher:
-    """Moves the flags on an Unleash server (`apply_stage`) and waits `settle` seconds for the
-    target's SDK to fetch them."""
+    """Moves the flags on an Unleash server (`apply_stage`), then waits until the target says
+    it decides by them: `GET /_demo/stage` reports the stage, from live flags.
+
+    A target that does not follow within `timeout` seconds (Unleash unreachable from it, flags
+    edited meanwhile, another project or environment) is a `ReplayError` naming what it reports.
+    """
 
     def __init__(
         self,
         apply: Callable[[str], None],
+        client: httpx.AsyncClient,
         *,
-        settle: float,
+        timeout: float = 60.0,
+        poll: float = 0.5,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.apply = apply
-        self.settle = settle
+        self.client = client
+        self.timeout = timeout
+        self.poll = poll
         self.sleep = sleep
+        self.clock = clock
 
     async def switch(self, stage: str) -> None:
-        """Apply `stage` in a thread (the admin client blocks), then wait."""
+        """Apply `stage` in a thread (the admin client blocks), then wait for the target."""
         await asyncio.to_thread(self.apply, stage)
-        await self.sleep(self.settle)
+        deadline = self.clock() + self.timeout
+        while True:
+            report = await self._report()
+            found = report.get("flags")
+            flags: dict[str, Any] = found if isinstance(found, dict) else {}
+            source = flags.get("source")
+            if report.get("stage") == stage and source == "live":
+                return
+            if self.clock() >= deadline:
+                differences = flags.get("differences") or []
+                detail = f"; differs in: {'; '.join(map(str, differences))}" if differences else ""
+                raise ReplayError(
+                    f"the target did not follow stage {stage!r} within {self.timeout:g} s: it "
+                    f"reports stage {report.get('stage')!r} from {source or 'unknown'} flags"
+                    f"{detail}"
+                )
+            await self.sleep(self.poll)
+
+    async def _report(self) -> dict[str, Any]:
+        try:
+            response = await self.client.get("/_demo/stage")
+        except httpx.HTTPError as error:
+            raise ReplayError(f"cannot read the target's stage: {type(error).__name__}") from error
+        if response.status_code != 200:
+            raise ReplayError(
+                f"the target does not report its flag stage (GET /_demo/stage: "
+                f"{_error_text(response)})"
+            )
+        try:
+            report = response.json()
+        except ValueError:
+            report = None
+        if not isinstance(report, dict):
+            raise ReplayError("the target's GET /_demo/stage did not answer a JSON object")
+        return report
 
 
 def _error_text(response: httpx.Response) -> str:

@@ -367,13 +367,7 @@ def create_app(
                 return JSONResponse(body, status_code=422)
             except StageSwitchRefused as error:
                 return JSONResponse({"error": str(error)}, status_code=409)
-        return JSONResponse(
-            {
-                "stage": stages.stage,
-                "source": "unleash" if stages.connected else "offline",
-                "stages": stages.stages(),
-            }
-        )
+        return JSONResponse(await asyncio.to_thread(stages.report))
 
     async def drain(request: Request) -> Response:
         if not _loopback(request):

@@ -2,9 +2,10 @@
 
 Embedded defaults: `MemoryStore`, flags from the stage files in `flags/`, the local deterministic
 embedder. Real parts when configured: `REDIS_URL` (a `RedisStore`), `UNLEASH_URL` with
-`UNLEASH_API_TOKEN` (a connected `FlagRollout`, bootstrapped from the stage file and started in
-the app's lifespan without blocking the loop), `CO_API_KEY` (Cohere), `CACHEGATE_KEY_SECRET`
-(keyed digests in every store key; the same in every process).
+`UNLEASH_API_TOKEN` (a connected `FlagRollout`, started in the app's lifespan without blocking
+the loop, from the last state Unleash answered (`CACHEGATE_FLAG_STATE_FILE`), else the stage
+the operator chose, else `off`), `CO_API_KEY` (Cohere), `CACHEGATE_KEY_SECRET` (keyed digests
+in every store key; the same in every process).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from cachegate.demo.embedder import MeteredClient, embed_client
 from cachegate.demo.stages import StageControl
 from cachegate.embeddings import CachedEmbedder
 from cachegate.flags import UnleashFlags, UnleashSettings, stage_path
+from cachegate.flagstate import FlagStateFile, Source
 from cachegate.gate import CacheGate
 from cachegate.keys import Normalization
 from cachegate.metrics import Metrics, default_metrics
@@ -35,7 +37,8 @@ from cachegate.workload import Catalog
 class DemoConfig:
     """What `cachegate serve` can set on the command line."""
 
-    stage: str = DEFAULT_STAGE
+    stage: str | None = None
+    """The stage chosen; None: `DEFAULT_STAGE` offline, `off` as a connected bootstrap."""
     latency: float = DEFAULT_LATENCY
     embed_latency: float = DEFAULT_EMBED_LATENCY
     catalog: Catalog = field(default_factory=Catalog)
@@ -72,7 +75,7 @@ def build_demo(
     """
     env = os.environ if environ is None else environ
     metrics = default_metrics() if registry is REGISTRY else Metrics(registry=registry)
-    stages = _stages(config.stage, env)
+    stages = _stages(config.stage, env, metrics)
     store: Store
     redis_url = env.get("REDIS_URL")
     store = RedisStore.from_url(redis_url) if redis_url else MemoryStore()
@@ -112,9 +115,9 @@ def build_demo(
     parts = {
         "store": "Redis (REDIS_URL)" if redis_url else "in-memory",
         "flags": (
-            f"Unleash (UNLEASH_URL), bootstrap stage {config.stage}"
+            f"Unleash (UNLEASH_URL), {_start_state(stages)}"
             if stages.connected
-            else f"stage {config.stage} from flags/"
+            else f"stage {stages.bootstrap} from flags/"
         ),
         "embeddings": f"{provider}, model {model}",
         "data": (
@@ -125,9 +128,23 @@ def build_demo(
     return Demo(app=app, gate=gate, stages=stages, embedder=embedder, parts=parts)
 
 
-def _stages(stage: str, env: Mapping[str, str]) -> StageControl:
+def _stages(stage: str | None, env: Mapping[str, str], metrics: Metrics) -> StageControl:
     if not env.get("UNLEASH_URL"):
-        return StageControl.offline(stage)
+        return StageControl.offline(stage or DEFAULT_STAGE, metrics=metrics)
     settings = UnleashSettings.from_env(env)
-    source = UnleashFlags.connect(settings, bootstrap=stage_path(stage))
-    return StageControl(source, stage)
+    source = UnleashFlags.connect(
+        settings,
+        bootstrap=stage_path(stage or "off"),
+        state_file=FlagStateFile.default(
+            settings.url, settings.app_name, settings.environment, env
+        ),
+        metrics=metrics,
+    )
+    return StageControl(source, stage or "off")
+
+
+def _start_state(stages: StageControl) -> str:
+    tracker = stages.source.tracker
+    if tracker.source is Source.PERSISTED:
+        return f"persisted flag state ({tracker.age_text()} old) until it answers"
+    return f"bootstrap stage {stages.bootstrap} until it answers"
