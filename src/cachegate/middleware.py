@@ -214,6 +214,7 @@ class CacheResponder:
                 recorder.finish(error)
                 if recorder.streaming:
                     self.gate.metrics.uncacheable.labels(recorder.reason or "stream_error").inc()
+                    self._observe_first_byte("fresh", True)
                 raise
             recorder.finish()
             span.set_attribute(tracing.OUTCOME, recorder.reason or "storable")
