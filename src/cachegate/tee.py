@@ -141,6 +141,10 @@ class LiveStreams:
     def __len__(self) -> int:
         return len(self._streams)
 
+    def held_bytes(self) -> int:
+        """Bytes of chunks the live streams hold for their followers (each at most its bound)."""
+        return sum(stream.size for stream in self._streams.values())
+
     def get(self, key: str) -> LiveStream | None:
         """The live (or just completed) stream of `key` a new identical request may follow."""
         stream = self._streams.get(key)
