@@ -441,3 +441,25 @@ async def test_a_streamed_hit_is_served_only_to_the_same_tenant_and_past_the_gua
     other = await ask(app, gate, headers=[(b"x-tenant", b"t2"), (b"x-allowed", b"yes")])
     assert other.cachegate == "miss"
     assert app.calls == 3
+
+
+async def test_cancelling_the_leader_mid_stream_releases_its_followers() -> None:
+    """The leader's task is cancelled (its server connection dropped) while it streams."""
+    hold = asyncio.Event()
+    app = StreamApp(hold=hold)
+    gate = make_gate()
+    leader = asyncio.create_task(ask(app, gate))
+    await app.first_sent.wait()
+    followers = [asyncio.create_task(ask(app, gate)) for _ in range(3)]
+    await asyncio.sleep(0.05)
+    leader.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await leader
+    hold.set()
+    exchanges = await asyncio.gather(*followers)
+    assert app.calls == 1 + 3
+    for exchange in exchanges:
+        assert bodies(exchange) == [(e, True) for e in EVENTS] + [(b"", False)]
+    assert sample(gate, "cachegate_stream_tee_followers_total", outcome="fallback") == 3
+    assert uncacheable(gate, "stream_error") == 1
+    assert len(gate.live_streams) == 0
