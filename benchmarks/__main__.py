@@ -21,7 +21,7 @@ from typing import Any
 from benchmarks import report
 from benchmarks.harness import REPO, RedisServer, delete_prefix, machine, percentile
 
-GROUPS = ("inprocess", "uvicorn", "l2", "flags", "invalidation", "encryption")
+GROUPS = ("inprocess", "uvicorn", "l2", "flags", "invalidation", "encryption", "streaming")
 RESULTS = REPO / "benchmarks" / "results"
 
 
@@ -64,6 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
     load_start = os.getloadavg()[0]
     inproc = http = l2_result = inval = flags = encryption = None
+    streamed = None
     notes: list[str] = []
     with RedisServer(cpu=1) as server:
         url = server.url
@@ -102,6 +103,11 @@ def main(argv: list[str] | None = None) -> int:
 
                 log("encryption at rest ...")
                 encryption = encryption_group.run(url, namespace, quick=quick)
+            if "streaming" in groups:
+                from benchmarks import streaming
+
+                log("streamed answers ...")
+                streamed = streaming.run(url, namespace, quick=quick)
         finally:
             delete_prefix(url, namespace)
     elapsed = time.monotonic() - started
@@ -130,6 +136,10 @@ def main(argv: list[str] | None = None) -> int:
         notes=notes,
         encryption=encryption,
     )
+    if streamed is not None:
+        from benchmarks import streaming
+
+        text += "\n" + "\n".join(streaming.render(streamed))
     RESULTS.mkdir(parents=True, exist_ok=True)
     if args.out is not None:
         paths = [args.out]
@@ -149,6 +159,7 @@ def main(argv: list[str] | None = None) -> int:
         "invalidation": _jsonable(inval),
         "flags": _jsonable(flags),
         "encryption": _jsonable(encryption),
+        "streaming": _jsonable(streamed),
     }
     if not quick and args.out is None:
         for container in (
@@ -157,6 +168,7 @@ def main(argv: list[str] | None = None) -> int:
             raw["invalidation"],
             raw["flags"],
             raw["encryption"],
+            raw["streaming"],
         ):
             _drop_values(container)
         (RESULTS / "latest.json").write_text(json.dumps(raw, indent=1) + "\n", encoding="utf-8")

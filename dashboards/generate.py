@@ -439,8 +439,68 @@ def overview(q: Queries) -> Dashboard:
         title="CacheGate / Overview",
         description="CacheGate in operation: hit rate, money avoided, latency by cache path, "
         "store health, invalidations and bypasses.",
-        rows=(effectiveness, latency, store, flow),
+        rows=(effectiveness, latency, store, flow, streams(q)),
         with_route=True,
+    )
+
+
+def streams(q: Queries) -> Row:
+    """Streamed answers (SSE, chunked): hits by source, time to first byte, what is not stored."""
+    first_byte = f"rate({q.metric('stream_first_byte_seconds_bucket')}{{{JOB}}}[$__rate_interval])"
+    not_stored = f'{JOB}, reason=~"stream_.+"'
+    return Row(
+        "How are streamed answers served?",
+        (
+            Panel(
+                "Streamed hits by source",
+                "How many streamed answers came from the cache: replayed from the store, or "
+                "shared live from an identical request's stream (tee)?",
+                (Target(q.rate("stream_hits_total", "source"), "{{source}}"),),
+                unit="reqps",
+                width=6,
+                min=0,
+                stack=True,
+            ),
+            Panel(
+                "Time to first byte of streamed answers",
+                "How long until the first byte of a streamed answer reached the client, for a "
+                "hit (replayed), a tee follower and a fresh stream? Hits should start in "
+                "milliseconds; fresh streams wait for the model's first token.",
+                [
+                    Target(quantile(p, "served", first_byte), f"{{{{served}}}} p{round(p * 100)}")
+                    for p in (0.5, 0.95)
+                ],
+                unit="s",
+                width=6,
+                log_scale=True,
+            ),
+            Panel(
+                "Streams not stored by reason",
+                "Why were fresh streams not stored: the client left, the app raised, the app "
+                "left it unfinished, no terminal event, too large? Only a normally completed "
+                "stream is cached (alert CacheGateStreamsNotStored).",
+                (
+                    Target(
+                        q.rate("uncacheable_responses_total", "reason", not_stored), "{{reason}}"
+                    ),
+                ),
+                unit="ops",
+                width=6,
+                min=0,
+                stack=True,
+            ),
+            Panel(
+                "Live tee followers by outcome",
+                "What became of requests that followed a live stream: complete, fallback (the "
+                "leader failed and they computed on their own) or diverged (their own answer "
+                "differed from what they had relayed, and they were aborted)?",
+                (Target(q.rate("stream_tee_followers_total", "outcome"), "{{outcome}}"),),
+                unit="reqps",
+                width=6,
+                min=0,
+                stack=True,
+            ),
+        ),
     )
 
 

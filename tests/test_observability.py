@@ -2,19 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import httpx
 import pytest
-from opentelemetry import trace
-from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
-from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from prometheus_client import CollectorRegistry, generate_latest
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
+from support.spans import recording_spans
 
 from cachegate import (
     CacheGate,
@@ -35,15 +30,7 @@ TENANT = "tenant-7f3a-secret"
 QUESTION = "what did the patient say about insomnia"
 ANSWER = "the answer mentions nightmares"
 
-_EXPORTER = InMemorySpanExporter()
-
-
-@pytest.fixture(scope="module", autouse=True)
-def spans_recorded() -> Iterator[None]:
-    provider = TracerProvider()
-    provider.add_span_processor(SimpleSpanProcessor(_EXPORTER))
-    trace.set_tracer_provider(provider)
-    yield
+_EXPORTER = recording_spans()
 
 
 def _app(gate: CacheGate) -> Starlette:

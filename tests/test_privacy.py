@@ -19,16 +19,13 @@ from dataclasses import dataclass, field
 
 import httpx
 import pytest
-from opentelemetry import trace
-from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
-from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.sdk.trace import ReadableSpan
 from prometheus_client import REGISTRY, CollectorRegistry, generate_latest
 from support.components import missing
 from support.redis_server import RedisServer, redis_server_binary, running_redis
+from support.spans import recording_spans
 
 from cachegate import CacheGate, Decision, Metrics, Mode
-from cachegate import tracing as cg_tracing
 from cachegate.demo.app import create_app, policies, write_rules
 from cachegate.store import RedisStore, Store
 from cachegate.store.encrypted import EncryptedStore
@@ -37,28 +34,7 @@ pytestmark = pytest.mark.anyio
 
 AUTHORIZATION = "Bearer sk-live-7Hq2privacy-token-Zx9"
 COOKIE_VALUE = "sid=cookie-secret-Pq4w8Lm2"
-_EXPORTER = InMemorySpanExporter()
-
-
-@pytest.fixture(scope="module", autouse=True)
-def spans_recorded() -> Iterator[None]:
-    """Record spans in `_EXPORTER`: on the SDK provider already set by another module, else on a
-    private provider whose tracer `cachegate.tracing` uses here (the global stays unset)."""
-    processor = SimpleSpanProcessor(_EXPORTER)
-    provider = trace.get_tracer_provider()
-    if isinstance(provider, TracerProvider):
-        provider.add_span_processor(processor)
-        yield
-        return
-    private = TracerProvider()
-    private.add_span_processor(processor)
-    original = cg_tracing.tracer
-    cg_tracing.tracer = private.get_tracer("cachegate")
-    try:
-        yield
-    finally:
-        cg_tracing.tracer = original
-        private.shutdown()
+_EXPORTER = recording_spans()
 
 
 @pytest.fixture(scope="module")

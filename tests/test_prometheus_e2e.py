@@ -85,6 +85,8 @@ MOVED: tuple[tuple[str, str], ...] = (
         'sum by (cache_layer) (increase(cachegate_fresh_calls_avoided_total{job=~".+"}[1h]))',
         "cache_layer=query_result",
     ),
+    # streamed answers replayed from the store
+    ('sum by (source) (rate(cachegate_stream_hits_total{job=~".+"}[5m]))', "source=store"),
     # requests without a workspace, and session writes that invalidate
     ('sum by (reason) (rate(cachegate_bypasses_total{job=~".+"}[5m]))', "reason=no_tenant"),
     (
@@ -144,6 +146,14 @@ async def run_stage(client: httpx.AsyncClient, seconds: float, round_robin: Iter
             body = {"query": question, "client_id": client_id}
             if n % 23 == 0:
                 batch.append(client.post("/ai/query", json=body))  # no workspace: bypass
+            elif n % 7 == 0:  # the same question streamed (SSE) from the OpenAI-style route
+                chat = {
+                    "model": "demo",
+                    "messages": [{"role": "user", "content": question}],
+                    "stream": True,
+                    "user": client_id,
+                }
+                batch.append(client.post("/v1/chat/completions", headers=headers, json=chat))
             elif n % 29 == 0:
                 batch.append(
                     client.post(

@@ -19,10 +19,7 @@ from conftest import delete_namespace
 from fastapi import Depends, FastAPI, Header, HTTPException
 from hypothesis import given
 from hypothesis import strategies as st
-from opentelemetry import trace
-from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
-from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.sdk.trace import ReadableSpan
 from prometheus_client import CollectorRegistry
 from pydantic import BaseModel
 from starlette.applications import Starlette
@@ -32,6 +29,7 @@ from starlette.middleware.authentication import AuthenticationMiddleware
 from starlette.requests import HTTPConnection, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
+from support.spans import recording_spans
 
 from cachegate import (
     CacheGate,
@@ -485,17 +483,6 @@ def test_an_encrypted_store_always_keys_its_digests() -> None:
 # --- 6. the app's exceptions stay off CacheGate's spans ----------------------------------------
 
 
-def span_exporter() -> InMemorySpanExporter:
-    """An exporter on the process's SDK tracer provider (set here if no test set one yet)."""
-    provider = trace.get_tracer_provider()
-    if not isinstance(provider, TracerProvider):
-        provider = TracerProvider()
-        trace.set_tracer_provider(provider)
-    exporter = InMemorySpanExporter()
-    provider.add_span_processor(SimpleSpanProcessor(exporter))
-    return exporter
-
-
 async def test_an_app_exception_is_recorded_on_our_span_by_its_type_only(namespace: str) -> None:
     patient = "patient-4711-Jane-Doe"
 
@@ -503,7 +490,7 @@ async def test_an_app_exception_is_recorded_on_our_span_by_its_type_only(namespa
         Question.model_validate({"query": None, "client_id": patient})
         return {}
 
-    exporter = span_exporter()
+    exporter = recording_spans()
     policy = Policy("/ask", tenant=trusted_header("x-ws"), key={"q": body_field("q")})
     gate = gate_for(MemoryStore(), namespace, policy)
     app = CacheGateMiddleware(echo_app(read), gate)

@@ -5,8 +5,10 @@ from cachegate.keys import Normalization, Scope
 from cachegate.metrics import Metrics
 from cachegate.middleware import CacheGateMiddleware
 from cachegate.policy import (
+    Pacing,
     Policy,
     RequestView,
+    Streams,
     WriteRule,
     as_int,
     authenticated,
@@ -37,12 +39,14 @@ __all__ = [
     "Metrics",
     "Mode",
     "Normalization",
+    "Pacing",
     "Policy",
     "RedisStore",
     "RequestView",
     "Scope",
     "SimilarityComparator",
     "StaticRollout",
+    "Streams",
     "TextComparator",
     "WriteRule",
     "as_int",

@@ -19,6 +19,7 @@ from cachegate.store.base import Store, digest_secret_of
 from cachegate.store.codec import Entry
 from cachegate.store.memory import MemoryStore
 from cachegate.store.redis import RedisStore
+from cachegate.tee import LiveStream, LiveStreams
 
 
 class CacheGate:
@@ -70,7 +71,8 @@ class CacheGate:
             self.store, self.keyspace, metrics=self.metrics, max_entry_bytes=max_entry_bytes
         )
         self.invalidator = Invalidator(self.store, self.keyspace, metrics=self.metrics)
-        self.flights: SingleFlight[Entry] = SingleFlight()
+        self.flights: SingleFlight[Entry | LiveStream] = SingleFlight()
+        self.live_streams = LiveStreams()
         self.mismatches = MismatchLog()
         self.max_body_bytes = max_body_bytes
         self.max_header_bytes = max_header_bytes

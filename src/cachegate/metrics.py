@@ -69,7 +69,18 @@ UNCACHEABLE_REASONS = (
     "too_large",
     "vary",
     "error",
+    "stream_disconnected",
+    "stream_error",
+    "stream_incomplete",
+    "stream_unterminated",
+    "stream_too_large",
 )
+STREAM_HIT_SOURCES = ("store", "tee")
+"""Where a streamed hit came from: replayed from the store, or shared live from a leader."""
+STREAM_SERVED = ("hit", "tee", "fresh")
+"""Values of `served` on the time-to-first-byte histogram of streamed answers."""
+TEE_OUTCOMES = ("complete", "fallback", "diverged")
+"""What became of a follower of a live stream."""
 
 _LATENCY_BUCKETS = (
     0.0005,
@@ -103,6 +114,7 @@ class Metrics:
         invalidation_reasons: Sequence[str] = (),
     ) -> None:
         self.namespace = namespace
+        self._registry = registry
         ns = namespace
         reg = registry
         self.hits = Counter(
@@ -268,7 +280,43 @@ class Metrics:
             registry=reg,
             multiprocess_mode="livemax",
         )
+        self._add_stream_metrics()
         self._initialise(routes, invalidation_reasons)
+
+    def _add_stream_metrics(self) -> None:
+        """The series of streamed answers (SSE, chunked): hits, time to first byte, the tee."""
+        ns, reg = self.namespace, self._registry
+        self.stream_hits = Counter(
+            "stream_hits",
+            "Streamed answers served from the cache: replayed from the store or shared live "
+            "from an identical request's stream (tee).",
+            ["source"],
+            namespace=ns,
+            registry=reg,
+        )
+        self.stream_first_byte = Histogram(
+            "stream_first_byte_seconds",
+            "Time from the request to the first body byte of a streamed answer, by how it was "
+            "served: hit (replayed from the store), tee (a leader's live stream), fresh.",
+            ["served"],
+            namespace=ns,
+            registry=reg,
+            buckets=_LATENCY_BUCKETS,
+        )
+        self.stream_followers = Counter(
+            "stream_tee_followers",
+            "Requests that followed a live stream, by outcome: complete, fallback (the leader "
+            "failed; computed on their own) or diverged (their own answer differed; aborted).",
+            ["outcome"],
+            namespace=ns,
+            registry=reg,
+        )
+        for source in STREAM_HIT_SOURCES:
+            self.stream_hits.labels(source)
+        for served in STREAM_SERVED:
+            self.stream_first_byte.labels(served)
+        for outcome in TEE_OUTCOMES:
+            self.stream_followers.labels(outcome)
 
     def _initialise(self, routes: Iterable[str], reasons: Iterable[str]) -> None:
         """Create every known labelled series at zero, so rates and ratios exist from the start."""

@@ -32,14 +32,18 @@ from cachegate.policy import (
 from cachegate.responses import (
     ResponseRecorder,
     add_header,
+    answer_content,
+    refusal,
     replay,
+    replay_stream,
     request_refuses_cache,
     storable_headers,
 )
 from cachegate.results import LAYER, Found, RequestFacts
 from cachegate.rollout import OFF, Decision, Mode, enter_decision, exit_decision
 from cachegate.shadow import Outcome, compare
-from cachegate.store.codec import Entry
+from cachegate.store.codec import Entry, StreamEntry
+from cachegate.tee import LeaderFailed, LiveStream, Publisher, Resume, StreamDiverged
 
 Scope_ = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -105,13 +109,15 @@ class CacheResponder:
         self.match = match
         self.path = "bypass"
         self.counts = gate.route_metrics[policy.route]
+        self.started = 0.0
+        self.first_byte: float | None = None
 
     async def __call__(self, scope: Scope_, receive: Receive, send: Send) -> None:
-        started = time.perf_counter()
+        self.started = time.perf_counter()
         try:
             await self._handle(scope, receive, send)
         finally:
-            self.counts.duration[self.path].observe(time.perf_counter() - started)
+            self.counts.duration[self.path].observe(time.perf_counter() - self.started)
 
     async def _handle(self, scope: Scope_, receive: Receive, send: Send) -> None:
         gate = self.gate
@@ -202,8 +208,39 @@ class CacheResponder:
     async def _fresh(self, scope: Scope_, receive: Receive, recorder: ResponseRecorder) -> None:
         attributes = {tracing.LAYER: LAYER, tracing.ROUTE: self.policy.route}
         with tracing.around_app("cachegate.fresh", attributes) as span:
-            await self.app(scope, receive, recorder)
+            try:
+                await self.app(scope, recorder.watch(receive), recorder)
+            except BaseException as error:
+                recorder.finish(error)
+                if recorder.streaming:
+                    self.gate.metrics.uncacheable.labels(recorder.reason or "stream_error").inc()
+                    self._observe_first_byte("fresh", True)
+                raise
+            recorder.finish()
             span.set_attribute(tracing.OUTCOME, recorder.reason or "storable")
+        self._observe_first_byte("fresh", recorder.streaming)
+
+    def _recorder(self, send: Send | None, **options: Any) -> ResponseRecorder:
+        """A recorder of a fresh answer under this policy's limits and stream options."""
+        return ResponseRecorder(
+            send, max_bytes=self.gate.max_entry_bytes, streams=self.policy.streams, **options
+        )
+
+    def _timed(self, send: Send) -> Send:
+        """Wrap `send` to note when the first body message goes to the client."""
+
+        async def timed(message: Message) -> None:
+            if self.first_byte is None and message["type"] == "http.response.body":
+                self.first_byte = time.perf_counter()
+            await send(message)
+
+        return timed
+
+    def _observe_first_byte(self, served: str, streamed: bool) -> None:
+        """Count a streamed answer's time to first byte (answers that did not stream do not)."""
+        if streamed and self.first_byte is not None:
+            elapsed = self.first_byte - self.started
+            self.gate.metrics.stream_first_byte.labels(served).observe(elapsed)
 
     async def _fill(
         self, facts: RequestFacts, generations: tuple[int, ...], recorder: ResponseRecorder
@@ -219,6 +256,7 @@ class CacheResponder:
                 status=recorder.status,
                 headers=storable_headers(recorder.headers),
                 body=recorder.body,
+                chunks=recorder.chunks,
             )
 
     async def _serve(
@@ -233,13 +271,17 @@ class CacheResponder:
         gate = self.gate
         found = await self._lookup(facts, Mode.SERVE)
         if found.entry is not None:
-            return await self._hit(found.entry, facts, decision, scope, body, send)
+            return await self._hit(found, facts, decision, scope, body, send)
         generations = await gate.results.start_generations(found, facts)
         if generations is None:
             self.counts.bypass("store_error")
             await self.app(scope, receive, add_header(send, b"bypass"))
             return
         flight = facts.key + ":" + ",".join(map(str, generations))
+        live = gate.live_streams.get(flight)
+        if live is not None:
+            gate.metrics.single_flight.labels("shared").inc()
+            return await self._follow(live, facts, generations, scope, receive, send)
         if not gate.flights.lead(flight):
             try:
                 shared = await gate.flights.wait(flight, gate.single_flight_wait)
@@ -248,6 +290,8 @@ class CacheResponder:
             else:
                 outcome = "not_shared" if shared is None else "shared"
             gate.metrics.single_flight.labels(outcome).inc()
+            if isinstance(shared, LiveStream):
+                return await self._follow(shared, facts, generations, scope, receive, send)
             if shared is not None:
                 self.path = "shared"  # waited on a leader: not a hit's latency
                 self.counts.hits.inc()
@@ -260,7 +304,7 @@ class CacheResponder:
         self.counts.misses.inc()
         entry = None
         try:
-            entry = await self._miss(facts, generations, scope, receive, send)
+            entry = await self._miss(facts, generations, scope, receive, send, flight)
         finally:
             gate.flights.finish(flight, entry)
 
@@ -271,15 +315,74 @@ class CacheResponder:
         scope: Scope_,
         receive: Receive,
         send: Send,
+        flight: str | None = None,
     ) -> Entry | None:
+        """Compute fresh and store; a leader (`flight`) shares a stream live while it lasts."""
         self.path = "miss"
-        recorder = ResponseRecorder(send, max_bytes=self.gate.max_entry_bytes, header=_miss)
-        await self._fresh(scope, receive, recorder)
-        return await self._fill(facts, generations, recorder)
+        publisher = None
+        send = self._timed(send)
+        if flight is not None and self.policy.streams is not None:
+            publisher = Publisher(send, lambda status, headers: self._tee(flight, status, headers))
+            send = publisher
+        recorder = self._recorder(send, header=_miss)
+        try:
+            await self._fresh(scope, receive, recorder)
+            live = publisher.stream if publisher is not None else None
+            if live is not None:
+                live.close(recorder.storable)
+            return await self._fill(facts, generations, recorder)
+        finally:
+            if publisher is not None and publisher.stream is not None:
+                publisher.stream.fail()
+                self.gate.live_streams.remove(flight or "", publisher.stream)
+
+    def _tee(
+        self, flight: str, status: int, headers: list[tuple[bytes, bytes]]
+    ) -> LiveStream | None:
+        """Open the live stream of a leader's response, if it may be shared: only what may be
+        stored is (status 200, no cookie, no `private`...). Waiting followers join at once."""
+        if refusal(status, headers, streams=True) is not None:
+            return None
+        gate = self.gate
+        live = gate.live_streams.open(
+            flight, status, list(storable_headers(headers)), gate.max_entry_bytes
+        )
+        if live is not None:
+            gate.flights.finish(flight, live)
+        return live
+
+    async def _follow(
+        self,
+        live: LiveStream,
+        facts: RequestFacts,
+        generations: tuple[int, ...],
+        scope: Scope_,
+        receive: Receive,
+        send: Send,
+    ) -> None:
+        """Relay an identical request's live stream; if it fails, compute on our own."""
+        followers = self.gate.metrics.stream_followers
+        self.path = "hit"
+        try:
+            await live.follow(self._timed(send), b"hit")
+        except LeaderFailed as failed:
+            followers.labels("fallback").inc()
+            self.counts.misses.inc()
+            try:
+                await self._miss(facts, generations, scope, receive, Resume(send, failed))
+            except StreamDiverged:
+                followers.labels("diverged").inc()
+                raise
+            return
+        followers.labels("complete").inc()
+        self.counts.hits.inc()
+        self.gate.metrics.stream_hits.labels("tee").inc()
+        self._avoided()
+        self._observe_first_byte("tee", True)
 
     async def _hit(
         self,
-        entry: Entry,
+        found: Found,
         facts: RequestFacts,
         decision: Decision,
         scope: Scope_,
@@ -287,12 +390,27 @@ class CacheResponder:
         send: Send,
     ) -> None:
         gate = self.gate
+        entry = found.entry
+        assert entry is not None
         self.path = "hit"
         self.counts.hits.inc()
         self._avoided()
-        await replay(send, entry.status, entry.headers, entry.body, b"hit")
+        if found.chunks and self.policy.streams is not None:
+            await self._replay_stream(StreamEntry(entry, found.chunks), send)
+        else:
+            await replay(send, entry.status, entry.headers, entry.body, b"hit")
         if decision.verify and self.policy.rerun_safe:
             gate.background(self._verify(entry, facts, scope, body))
+
+    async def _replay_stream(self, stream: StreamEntry, send: Send) -> None:
+        """Replay a stored stream in its chunks at the policy's pacing."""
+        streams = self.policy.streams
+        assert streams is not None
+        entry = stream.entry
+        timed = self._timed(send)
+        await replay_stream(timed, entry.status, entry.headers, stream.pieces(), b"hit", streams)
+        self.gate.metrics.stream_hits.labels("store").inc()
+        self._observe_first_byte("hit", True)
 
     def _avoided(self) -> None:
         """Count one fresh computation, and its cost, avoided by a hit."""
@@ -304,9 +422,9 @@ class CacheResponder:
         self, entry: Entry, facts: RequestFacts, scope: Scope_, body: RequestBody
     ) -> None:
         """Recompute a served hit in the background and compare; a stale entry is dropped."""
-        recorder = ResponseRecorder(None, max_bytes=self.gate.max_entry_bytes)
-        await self.app(_copy(scope), body.rerun(), recorder)
-        outcome = await self._compare("verify", entry.body, recorder, facts, entry.generations)
+        recorder = await self._rerun(scope, body)
+        cached = answer_content(entry.body, entry.headers)
+        outcome = await self._compare("verify", cached, recorder, facts, entry.generations)
         if outcome is Outcome.MISMATCH:
             await self.gate.results.drop(facts)
 
@@ -330,20 +448,32 @@ class CacheResponder:
         async def header() -> bytes:
             return label
 
-        recorder = ResponseRecorder(send, max_bytes=gate.max_entry_bytes, header=header)
+        recorder = self._recorder(self._timed(send), header=header)
         await self._fresh(scope, receive, recorder)
         if found.entry is not None:
-            await self._compare("shadow", found.entry.body, recorder, facts, found.generations)
+            cached = answer_content(found.entry.body, found.entry.headers)
+            await self._compare("shadow", cached, recorder, facts, found.generations)
         if generations is not None:
             await self._fill(facts, generations, recorder)
         if self.policy.rerun_safe and recorder.storable and gate.sample() < gate.noise_sample_rate:
-            gate.background(self._noise(recorder.body, scope, body))
+            fresh = answer_content(recorder.body, recorder.headers)
+            gate.background(self._noise(fresh, scope, body))
 
     async def _noise(self, fresh: bytes, scope: Scope_, body: RequestBody) -> None:
         """Compute the same request again and compare fresh with fresh: the noise baseline."""
-        recorder = ResponseRecorder(None, max_bytes=self.gate.max_entry_bytes)
-        await self.app(_copy(scope), body.rerun(), recorder)
+        recorder = await self._rerun(scope, body)
         await self._compare("noise", fresh, recorder)
+
+    async def _rerun(self, scope: Scope_, body: RequestBody) -> ResponseRecorder:
+        """Compute the request again in the background, recorded and judged, never sent."""
+        recorder = self._recorder(None)
+        try:
+            await self.app(_copy(scope), body.rerun(), recorder)
+        except BaseException as error:
+            recorder.finish(error)
+            raise
+        recorder.finish()
+        return recorder
 
     async def _compare(
         self,
@@ -358,8 +488,9 @@ class CacheResponder:
         A write to the scope while the fresh answer was computed changes what "fresh" means,
         so such a mismatch says nothing about staleness and is not counted.
         """
+        fresh = answer_content(recorder.body, recorder.headers)
         if recorder.storable:
-            comparison = compare(self.policy.comparator, cached, recorder.body)
+            comparison = compare(self.policy.comparator, cached, fresh)
         else:
             comparison = compare(_fresh_failed, cached, b"")
         outcome = comparison.outcome
@@ -387,7 +518,7 @@ class CacheResponder:
                 route=self.policy.route,
                 kind=kind,
                 cached=cached,
-                fresh=recorder.body,
+                fresh=fresh,
                 comparison=comparison,
             )
         return outcome

@@ -15,6 +15,7 @@ import json
 import re
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any, ClassVar
 from urllib.parse import parse_qsl
 
@@ -290,6 +291,49 @@ def scope_text(value: object) -> str | None:
     raise BadRequest("invalid_value")
 
 
+class Pacing(StrEnum):
+    """How a cached stream is replayed: `burst` as fast as possible, `paced` at the recorded
+    inter-chunk delays (scaled and capped), so a UI that renders tokens behaves as with a fresh
+    answer."""
+
+    BURST = "burst"
+    PACED = "paced"
+
+
+@dataclass(frozen=True)
+class Streams:
+    """Whether and how a policy caches streamed responses (SSE, chunked JSON lines).
+
+    A stream is stored only when it completed normally: the app sent its final body message, the
+    client stayed, the app did not raise, the stream fit the entry size limit and, with
+    `terminal` set (e.g. `b"data: [DONE]"`), its body ends with that event. A hit replays the
+    same chunks with `pacing`; `paced` waits each recorded delay times `factor`, at most `cap`
+    seconds.
+    """
+
+    pacing: Pacing = Pacing.BURST
+    factor: float = 1.0
+    cap: float = 1.0
+    terminal: bytes | None = None
+
+    def __post_init__(self) -> None:
+        if self.factor < 0 or self.cap < 0:
+            raise ValueError("stream pacing factor and cap must not be negative")
+        object.__setattr__(self, "pacing", Pacing(self.pacing))
+        if self.terminal is not None and not self.terminal.strip():
+            raise ValueError("a required terminal event must not be empty")
+
+    def delay(self, gap_seconds: float) -> float:
+        """How long a paced replay waits for a recorded gap between two chunks."""
+        if self.pacing is Pacing.BURST:
+            return 0.0
+        return min(max(gap_seconds, 0.0) * self.factor, self.cap)
+
+    def terminated(self, body: bytes) -> bool:
+        """Whether a stream's body ends with the required terminal event (or none is required)."""
+        return self.terminal is None or body.rstrip().endswith(self.terminal.strip())
+
+
 @dataclass(frozen=True)
 class Policy:
     """How one route is cached.
@@ -303,6 +347,8 @@ class Policy:
     `guard` is checked before a lookup: what the app checks but the key does not say (the
     caller may see this client, the body validates) must hold there, or the request bypasses.
     `rerun_safe` says the route has no side effects, so shadow checks may compute it twice.
+    `streams` opts the route's streamed responses in (see `Streams`); without it a streamed
+    response passes through and is not stored.
     """
 
     route: str
@@ -317,6 +363,7 @@ class Policy:
     cost_per_call: float = 0.0
     honor_request_no_cache: bool = True
     guard: Guard | None = None
+    streams: Streams | None = None
 
     def __post_init__(self) -> None:
         if self.ttl <= 0:

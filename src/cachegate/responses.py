@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, MutableMapping
+import asyncio
+import time
+from collections.abc import Awaitable, Callable, MutableMapping, Sequence
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from typing import Any
 
+from cachegate.policy import Streams
+
 Message = MutableMapping[str, Any]
 Send = Callable[[Message], Awaitable[None]]
+Receive = Callable[[], Awaitable[Message]]
 Headers = list[tuple[bytes, bytes]]
 
 HEADER = b"x-cachegate"
@@ -78,21 +83,28 @@ def request_refuses_cache(headers: Headers) -> bool:
     return bool(cache_control(headers) & _NO_CACHE_REQUEST)
 
 
-def refusal(status: int, headers: Headers) -> str | None:
-    """Why a response must not be stored, judged at its start; None if it may be."""
+def refusal(status: int, headers: Headers, *, streams: bool = False) -> str | None:
+    """Why a response must not be stored, judged at its start; None if it may be.
+
+    An event stream is refused (`streamed`) unless the policy caches `streams`.
+    """
     if status != 200:
         return "status"
     for name, value in headers:
         lowered = name.lower()
         if lowered in (b"set-cookie", b"set-cookie2"):
             return "set_cookie"
-        if lowered == b"content-type" and value.lower().startswith(b"text/event-stream"):
+        if not streams and lowered == b"content-type" and _event_stream(value):
             return "streamed"
         if lowered == b"vary":
             return "vary"
     if _response_refuses_storage(headers):
         return "cache_control"
     return None
+
+
+def _event_stream(content_type: bytes) -> bool:
+    return content_type.lower().startswith(b"text/event-stream")
 
 
 def storable_headers(headers: Headers) -> tuple[tuple[bytes, bytes], ...]:
@@ -106,7 +118,10 @@ class ResponseRecorder:
     """Wraps `send`: forwards the app's messages (if `send` is given) and keeps a copy.
 
     The copy is dropped as soon as the response turns out not to be storable (status, cookie,
-    cache-control, `Vary`, a second body chunk, or more than `max_bytes`).
+    cache-control, `Vary`, or more than `max_bytes`). A response in several body messages is a
+    stream: without `streams` it is refused (`streamed`); with them every chunk is kept with its
+    time offset from the response start, and only a stream that completed normally (`finish`)
+    is storable.
     """
 
     def __init__(
@@ -115,23 +130,42 @@ class ResponseRecorder:
         *,
         max_bytes: int,
         header: Callable[[], Awaitable[bytes | None]] | None = None,
+        streams: Streams | None = None,
+        clock: Callable[[], float] = time.perf_counter,
     ) -> None:
         self._send = send
         self._max_bytes = max_bytes
         self._header = header
+        self._streams = streams
+        self._clock = clock
         self.status = 0
         self.headers: Headers = []
         self.started = False
         self.complete = False
+        self.disconnected = False
         self.reason: str | None = None
         self._chunks: list[bytes] = []
+        self._offsets: list[int] = []
         self._size = 0
         self._streaming = False
+        self._began = 0.0
 
     @property
     def body(self) -> bytes:
         """The recorded body (complete only when `storable`)."""
         return b"".join(self._chunks)
+
+    @property
+    def streaming(self) -> bool:
+        """Whether the response came in more than one body message (or is an event stream)."""
+        return self._streaming
+
+    @property
+    def chunks(self) -> tuple[tuple[int, int], ...]:
+        """A stored stream's chunks as (microseconds from the start, length); empty otherwise."""
+        if not self._streaming:
+            return ()
+        return tuple(zip(self._offsets, map(len, self._chunks), strict=True))
 
     @property
     def storable(self) -> bool:
@@ -144,13 +178,47 @@ class ResponseRecorder:
         elif message["type"] == "http.response.body":
             self._body(message)
         if self._send is not None:
-            await self._send(message)
+            try:
+                await self._send(message)
+            except OSError:
+                self.disconnected = True
+                self._drop("stream_disconnected" if self._streaming else "error")
+                raise
+
+    def watch(self, receive: Receive) -> Receive:
+        """A `receive` that notes a client disconnect seen before the response completed."""
+
+        async def watched() -> Message:
+            message = await receive()
+            if message["type"] == "http.disconnect" and not self.complete:
+                self.disconnected = True
+            return message
+
+        return watched
+
+    def finish(self, error: BaseException | None = None) -> None:
+        """Judge the response once the app has returned (or raised `error`)."""
+        if not self._streaming:
+            return
+        if error is not None:
+            self._drop("stream_error")
+        elif self.disconnected and not self.complete:
+            self._drop("stream_disconnected")
+        elif not self.complete:
+            self._drop("stream_incomplete")
+        elif self._streams is not None and not self._streams.terminated(self.body):
+            self._drop("stream_unterminated")
 
     async def _start(self, message: Message) -> None:
         self.started = True
+        self._began = self._clock()
         self.status = int(message["status"])
         self.headers = list(message.get("headers", []))
-        self.reason = refusal(self.status, self.headers)
+        self.reason = refusal(self.status, self.headers, streams=self._streams is not None)
+        if self._streams is not None and any(
+            name.lower() == b"content-type" and _event_stream(value) for name, value in self.headers
+        ):
+            self._streaming = True
         if self._header is not None and self.reason != "streamed":
             value = await self._header()
             if value is not None:
@@ -158,25 +226,29 @@ class ResponseRecorder:
 
     def _body(self, message: Message) -> None:
         more = bool(message.get("more_body", False))
-        if self._streaming or more:
-            self._streaming = True
-            if more is False:
-                self.complete = True
-            self._drop("streamed")
+        if self.complete:
             return
-        self.complete = True
-        if self.reason is None:
-            chunk = bytes(message.get("body", b""))
-            self._size += len(chunk)
-            if self._size > self._max_bytes:
-                self._drop("too_large")
-            else:
-                self._chunks.append(chunk)
+        if more and not self._streaming:
+            self._streaming = True
+            if self._streams is None:
+                self._drop("streamed")
+        if not more:
+            self.complete = True
+        if self.reason is not None:
+            return
+        chunk = bytes(message.get("body", b""))
+        self._size += len(chunk)
+        if self._size > self._max_bytes:
+            self._drop("stream_too_large" if self._streaming else "too_large")
+            return
+        self._chunks.append(chunk)
+        self._offsets.append(round((self._clock() - self._began) * 1_000_000))
 
     def _drop(self, reason: str) -> None:
         if self.reason is None:
             self.reason = reason
         self._chunks.clear()
+        self._offsets.clear()
 
 
 async def replay(
@@ -195,6 +267,46 @@ async def replay(
         }
     )
     await send({"type": "http.response.body", "body": body, "more_body": False})
+
+
+async def replay_stream(
+    send: Send,
+    status: int,
+    headers: Sequence[tuple[bytes, bytes]],
+    pieces: Sequence[tuple[int, bytes]],
+    header: bytes,
+    streams: Streams,
+    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+) -> None:
+    """Send a stored stream in its recorded chunks (no `Content-Length`: it streams), waiting
+    between chunks as the policy's pacing says; the last chunk ends the body."""
+    await send(
+        {"type": "http.response.start", "status": status, "headers": [*headers, (HEADER, header)]}
+    )
+    previous = pieces[0][0] if pieces else 0
+    for index, (offset, chunk) in enumerate(pieces):
+        delay = streams.delay((offset - previous) / 1_000_000)
+        previous = offset
+        if delay > 0:
+            await sleep(delay)
+        more = index < len(pieces) - 1
+        await send({"type": "http.response.body", "body": chunk, "more_body": more})
+    if not pieces:
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+
+def answer_content(body: bytes, headers: Sequence[tuple[bytes, bytes]]) -> bytes:
+    """What a comparison looks at: for an event stream the data of its events (each `data:`
+    line's payload, joined by newlines), so framing, comments and `id:`/`retry:` lines do not
+    count; any other body as it is."""
+    if not any(name.lower() == b"content-type" and _event_stream(v) for name, v in headers):
+        return body
+    payloads = []
+    for line in body.replace(b"\r\n", b"\n").replace(b"\r", b"\n").split(b"\n"):
+        if line == b"data" or line.startswith(b"data:"):
+            payload = line[5:]
+            payloads.append(payload[1:] if payload.startswith(b" ") else payload)
+    return b"\n".join(payloads)
 
 
 def add_header(send: Send, value: bytes) -> Send:

@@ -8,7 +8,14 @@ from cachegate.keys import KeySpace, Scope, normalize_value
 from cachegate.metrics import Metrics
 from cachegate.policy import BadRequest, Extractor, Policy, RequestView, scope_text
 from cachegate.store.base import MISSING_GENERATION, Store, StoreError
-from cachegate.store.codec import CorruptEntry, Entry, decode_entry, encode_entry
+from cachegate.store.codec import (
+    CorruptEntry,
+    Entry,
+    StreamEntry,
+    decode_stored,
+    encode_entry,
+    encode_stream_entry,
+)
 
 LAYER = "query_result"
 
@@ -25,10 +32,14 @@ class RequestFacts:
 
 @dataclass(frozen=True, slots=True)
 class Found:
-    """A lookup's result: a servable entry or None, and the generations read (None on error)."""
+    """A lookup's result: a servable entry or None, and the generations read (None on error).
+
+    `chunks` are a streamed entry's (offset in microseconds, length) pairs; empty otherwise.
+    """
 
     entry: Entry | None
     generations: tuple[int, ...] | None
+    chunks: tuple[tuple[int, int], ...] = ()
 
 
 class ResultCache:
@@ -83,14 +94,17 @@ class ResultCache:
         if found.value is None:
             return Found(None, found.generations)
         try:
-            entry = decode_entry(found.value)
+            stored = decode_stored(found.value)
         except CorruptEntry:
             self.metrics.corrupt_entries.labels(LAYER).inc()
             await self._delete(facts.key)
             return Found(None, found.generations)
+        entry, chunks = (
+            (stored.entry, stored.chunks) if isinstance(stored, StreamEntry) else (stored, ())
+        )
         if MISSING_GENERATION in found.generations or entry.generations != found.generations:
             return Found(None, found.generations)
-        return Found(entry, found.generations)
+        return Found(entry, found.generations, chunks)
 
     async def start_generations(self, found: Found, facts: RequestFacts) -> tuple[int, ...] | None:
         """The generations a fresh computation starting now is stored under (None: not stored).
@@ -115,12 +129,14 @@ class ResultCache:
         status: int,
         headers: tuple[tuple[bytes, bytes], ...],
         body: bytes,
+        chunks: tuple[tuple[int, int], ...] = (),
     ) -> Entry | None:
-        """Store a fresh response under the generations read before it was computed."""
+        """Store a fresh response under the generations read before it was computed; with
+        `chunks`, as a streamed entry that replays in those chunks."""
         entry = Entry(status, headers, body, generations)
-        data = encode_entry(entry)
+        data = encode_stream_entry(StreamEntry(entry, chunks)) if chunks else encode_entry(entry)
         if len(data) > self.max_entry_bytes:
-            self.metrics.uncacheable.labels("too_large").inc()
+            self.metrics.uncacheable.labels("stream_too_large" if chunks else "too_large").inc()
             return None
         self.metrics.entry_size.labels(LAYER).observe(len(data))
         try:

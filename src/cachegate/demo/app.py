@@ -4,9 +4,10 @@
 The tenant comes from the `X-Workspace-ID` header, a stand-in for real authentication. A query
 is a small RAG pipeline: the question is embedded through the L2 `CachedEmbedder`, the client's
 most similar notes are retrieved (cosine), and a simulated model "generates" the answer in
-`latency` seconds. Notes are embedded (uncached) when written and at startup. The answer
-depends only on the question (case and spacing aside) and the retrieved notes, so a cached
-answer that differs from a fresh one is stale, never noise.
+`latency` seconds. `POST /v1/chat/completions` answers the same question OpenAI-style, whole or
+streamed as Server-Sent Events (`"stream": true`). Notes are embedded (uncached) when written
+and at startup. The answer depends only on the question (case and spacing aside) and the
+retrieved notes, so a cached answer that differs from a fresh one is stale, never noise.
 
 `/_demo/stage` and `/_demo/drain` are demo-only controls for `cachegate replay`, answered to
 loopback clients only.
@@ -32,9 +33,10 @@ from prometheus_client import (
 )
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from cachegate.demo.chat import CHAT_ROUTE, Question, chat_policy, completion, events, parse
 from cachegate.demo.embedder import LOCAL_MODEL, LocalEmbedder, MeteredClient
 from cachegate.demo.stages import StageControl, StageSwitchRefused
 from cachegate.embeddings import AsyncEmbedClient, CachedEmbedder
@@ -120,7 +122,8 @@ class Notes:
 
 
 def policies() -> list[Policy]:
-    """The demo's cached route: answers per workspace and client, keyed on the question."""
+    """The demo's cached routes: answers per workspace and client, keyed on the question; the
+    chat route's streamed answers too."""
     return [
         Policy(
             "/ai/query",
@@ -132,7 +135,8 @@ def policies() -> list[Policy]:
             rerun_safe=True,
             comparator=JsonComparator(ignore=frozenset({"latency_ms"})),
             cost_per_call=QUERY_COST,
-        )
+        ),
+        chat_policy(TENANT_HEADER, QUERY_COST),
     ]
 
 
@@ -317,6 +321,25 @@ def create_app(
             }
         )
 
+    async def chat(request: Request) -> Response:
+        tenant = workspace(request)
+        if tenant is None:
+            return JSONResponse({"error": f"{TENANT_HEADER} header required"}, status_code=401)
+        try:
+            question = parse(await request.json())
+        except ValueError:
+            question = "body must be JSON"
+        if not isinstance(question, Question):
+            return JSONResponse({"error": {"message": question}}, status_code=400)
+        relevant = await retrieve(tenant, question.user, question.text)
+        text = answer(question.text, relevant)
+        counters.model_calls.inc()
+        if not question.stream:
+            await asyncio.sleep(latency)
+            return JSONResponse(completion(question, text))
+        pieces = list(events(question, text))
+        return StreamingResponse(_paced(pieces, latency), media_type="text/event-stream")
+
     async def create_session(request: Request) -> Response:
         tenant = workspace(request)
         payload = await _json_object(request)
@@ -399,6 +422,7 @@ def create_app(
     app = Starlette(
         routes=[
             Route("/ai/query", query, methods=["POST"]),
+            Route(CHAT_ROUTE, chat, methods=["POST"]),
             Route("/sessions", create_session, methods=["POST"]),
             Route("/sessions/{session_id}", change_session, methods=["PUT", "PATCH", "DELETE"]),
             Route("/metrics", metrics, methods=["GET"]),
@@ -409,6 +433,14 @@ def create_app(
     )
     app.add_middleware(CacheGateMiddleware, gate=gate)
     return app
+
+
+async def _paced(pieces: list[bytes], latency: float) -> AsyncIterator[bytes]:
+    """The pieces of a streamed answer spread over `latency` seconds, as a model streams."""
+    delay = latency / max(len(pieces), 1)
+    for piece in pieces:
+        await asyncio.sleep(delay)
+        yield piece
 
 
 def _loopback(request: Request) -> bool:

@@ -8,6 +8,7 @@ else, truncated or padded, is a `CorruptEntry`.
 
 from __future__ import annotations
 
+import itertools
 import struct
 from dataclasses import dataclass
 
@@ -80,3 +81,67 @@ def decode_entry(data: bytes) -> Entry:
     if offset + body_length != len(data):
         raise CorruptEntry("body length does not match the data")
     return Entry(status, tuple(headers), data[offset:], generations)
+
+
+# ---- chunked entries: a streamed response, chunk boundaries and timing kept ----------------
+#
+# Layout (big-endian): magic `CG`, version 2, chunk count (4), then per chunk its offset from
+# the response start in microseconds (8) and its length (4); then a whole version-1 entry whose
+# body is the chunks joined. So every check of a version-1 entry holds for a chunked one too,
+# and the chunk lengths must add up to that body exactly.
+
+CHUNKED_VERSION = 2
+_CHUNKED_HEAD = struct.Struct(">2sBI")
+_CHUNK = struct.Struct(">QI")
+
+
+@dataclass(frozen=True, slots=True)
+class StreamEntry:
+    """A cached streamed response: an `Entry` whose body was sent as `chunks`, each a pair
+    (microseconds from the response start, length in bytes); the lengths add up to the body."""
+
+    entry: Entry
+    chunks: tuple[tuple[int, int], ...]
+
+    def pieces(self) -> list[tuple[int, bytes]]:
+        """Each chunk as (offset in microseconds, bytes), in order."""
+        pieces, at = [], 0
+        for offset, length in self.chunks:
+            pieces.append((offset, self.entry.body[at : at + length]))
+            at += length
+        return pieces
+
+
+def encode_stream_entry(stream: StreamEntry) -> bytes:
+    """Pack a chunked entry into its binary form."""
+    if sum(length for _, length in stream.chunks) != len(stream.entry.body):
+        raise ValueError("chunk lengths do not add up to the body")
+    return b"".join(
+        [
+            _CHUNKED_HEAD.pack(MAGIC, CHUNKED_VERSION, len(stream.chunks)),
+            *(_CHUNK.pack(offset, length) for offset, length in stream.chunks),
+            encode_entry(stream.entry),
+        ]
+    )
+
+
+def decode_stored(data: bytes) -> Entry | StreamEntry:
+    """Unpack an entry of either kind: version 1 (whole) or 2 (chunked); `CorruptEntry` else."""
+    if data[:2] == MAGIC and data[2:3] == bytes([CHUNKED_VERSION]):
+        return _decode_stream_entry(data)
+    return decode_entry(data)
+
+
+def _decode_stream_entry(data: bytes) -> StreamEntry:
+    try:
+        _, _, count = _CHUNKED_HEAD.unpack_from(data, 0)
+        offset = _CHUNKED_HEAD.size
+        chunks = tuple(_CHUNK.unpack_from(data, offset + i * _CHUNK.size) for i in range(count))
+    except struct.error as error:
+        raise CorruptEntry("truncated chunk table") from error
+    entry = decode_entry(data[offset + count * _CHUNK.size :])
+    if sum(length for _, length in chunks) != len(entry.body):
+        raise CorruptEntry("chunk lengths do not match the body")
+    if any(later < earlier for (earlier, _), (later, _) in itertools.pairwise(chunks)):
+        raise CorruptEntry("chunk offsets go back in time")
+    return StreamEntry(entry, chunks)
