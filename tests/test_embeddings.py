@@ -16,7 +16,7 @@ from typing import Any
 import cohere
 import pytest
 from cohere.errors import InternalServerError, TooManyRequestsError
-from cohere.types import EmbedByTypeResponse
+from cohere.types import EmbedByTypeResponse, EmbedByTypeResponseEmbeddings
 from cohere_server import CohereServer, embedding, float_vector, tokens_for
 from conftest import delete_namespace
 from hypothesis import given
@@ -32,6 +32,7 @@ from cachegate.embeddings import (
     vector_key,
 )
 from cachegate.embeddings.codec import compare
+from cachegate.embeddings.cohere import response
 from cachegate.keys import Normalization
 from cachegate.metrics import Metrics
 from cachegate.rollout import Decision, Mode, using_decision
@@ -724,3 +725,23 @@ def test_comparisons_speak_the_l1_outcome(
 ) -> None:
     """A text's comparison is an `Outcome`, as in L1: an error anywhere wins over a mismatch."""
     assert compare(cached, fresh, threshold=0.999, float_threshold=0.999) is outcome
+
+
+def test_the_response_built_without_validation_equals_the_validated_one() -> None:
+    """The all-hit answer skips pydantic's per-float validation; it must be the same object
+    the SDK's validation would have produced, and survive a dump and reload."""
+    columns: dict[str, list[list[Any]]] = {
+        "float": [[0.5, -0.25, 1.0, 0.0], [0.125, 0.0, -1.0, 2.0]],
+        "int8": [[-128, 0, 5, 127], [1, 2, 3, 4]],
+        "uint8": [[0, 255, 128, 7], [9, 8, 7, 6]],
+        "binary": [[-1], [3]],
+        "ubinary": [[255], [0]],
+    }
+    built = response(columns, ["a", "b"], [], 3.0)
+    assert built.embeddings == EmbedByTypeResponseEmbeddings.model_validate(columns)
+    assert built.embeddings.float_ == columns["float"]
+    assert built.embeddings.base64 is None
+    reloaded = EmbedByTypeResponse.model_validate(built.model_dump(by_alias=True))
+    assert reloaded == built
+    assert built.meta is not None and built.meta.billed_units is not None
+    assert built.meta.billed_units.input_tokens == 3.0

@@ -70,6 +70,8 @@ def check(kind: str, vector: Vector, output_dimension: int | None) -> list[Any]:
 
 def consistent(vectors: dict[str, list[Any]]) -> bool:
     """Whether a text's stored types agree on the dimension (binary packs 8 per byte)."""
+    if len(vectors) == 1:
+        return True
     dimensions = {len(values) * (8 if kind in _BINARY else 1) for kind, values in vectors.items()}
     return len(dimensions) == 1
 

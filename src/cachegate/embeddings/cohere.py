@@ -6,8 +6,9 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Awaitable, Callable
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
+import pydantic
 from cohere.types import (
     ApiMeta,
     ApiMetaApiVersion,
@@ -61,6 +62,27 @@ def billed_tokens(response: EmbedByTypeResponse) -> float:
     return float(meta.billed_units.input_tokens)
 
 
+M = TypeVar("M", bound=pydantic.BaseModel)
+_PYDANTIC_CONSTRUCT = (
+    pydantic.BaseModel.model_construct.__func__  # type: ignore[attr-defined]
+    if pydantic.VERSION.startswith("2.")
+    else None
+)
+
+
+def _built(model: type[M], values: dict[str, Any], aliased: dict[str, Any]) -> M:
+    """`model` from values that already have its field types, without validating each float.
+
+    The SDK's own `model_construct` walks every element; pydantic's does not. The values are
+    lists the cache itself decoded (or Cohere's validated ones), so validation would only copy
+    them. Without pydantic 2 (the SDK also runs on 1) the model is validated as before.
+    """
+    if _PYDANTIC_CONSTRUCT is None:
+        return model.model_validate(aliased)
+    built: M = _PYDANTIC_CONSTRUCT(model, **values)
+    return built
+
+
 def response(
     columns: dict[str, list[list[Any]]],
     texts: list[str],
@@ -73,10 +95,11 @@ def response(
         (r.meta.api_version for r in fresh if r.meta and r.meta.api_version),
         ApiMetaApiVersion(version="2"),
     )
+    fields = {("float_" if kind == "float" else kind): vectors for kind, vectors in columns.items()}
     return EmbedByTypeResponse(
         response_type="embeddings_by_type",
         id=str(uuid.uuid4()),
-        embeddings=EmbedByTypeResponseEmbeddings.model_validate(columns),
+        embeddings=_built(EmbedByTypeResponseEmbeddings, fields, columns),
         texts=texts,
         meta=ApiMeta(
             api_version=version,

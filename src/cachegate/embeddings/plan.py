@@ -109,12 +109,13 @@ def plan(
     options = {name: value for name, value in kwargs.items() if name != "texts"}
     dimension = kwargs.get("output_dimension")
     normalization = keys[0].normalization if keys else Normalization.EXACT
+    normalizing = normalization is not Normalization.EXACT
     index: dict[str, int] = {}
     positions: list[int] = []
     unique: list[str] = []
     keyed: list[list[str]] = []
     for text in texts:
-        identity = normalize_text(text, normalization) if keys else text
+        identity = normalize_text(text, normalization) if normalizing else text
         slot = index.get(identity)
         if slot is None:
             slot = index[identity] = len(unique)
