@@ -93,16 +93,19 @@ def response(
     the API version of the fresh responses if any, and the tokens they billed."""
     version = next(
         (r.meta.api_version for r in fresh if r.meta and r.meta.api_version),
-        ApiMetaApiVersion(version="2"),
+        None,
     )
+    if version is None:
+        version = _built(ApiMetaApiVersion, {"version": "2"}, {"version": "2"})
     fields = {("float_" if kind == "float" else kind): vectors for kind, vectors in columns.items()}
-    return EmbedByTypeResponse(
-        response_type="embeddings_by_type",
-        id=str(uuid.uuid4()),
-        embeddings=_built(EmbedByTypeResponseEmbeddings, fields, columns),
-        texts=texts,
-        meta=ApiMeta(
-            api_version=version,
-            billed_units=ApiMetaBilledUnits(input_tokens=tokens),
-        ),
-    )
+    tokens_used = {"input_tokens": tokens}
+    billed = _built(ApiMetaBilledUnits, tokens_used, tokens_used)
+    meta = {"api_version": version, "billed_units": billed}
+    whole = {
+        "response_type": "embeddings_by_type",
+        "id": str(uuid.uuid4()),
+        "embeddings": _built(EmbedByTypeResponseEmbeddings, fields, columns),
+        "texts": texts,
+        "meta": _built(ApiMeta, meta, meta),
+    }
+    return _built(EmbedByTypeResponse, whole, whole)

@@ -174,16 +174,17 @@ class Core:
         hits: dict[int, Vectors] = {}
         corrupt: list[str] = []
         width = len(call.types)
+        types, dimension = call.types, call.output_dimension
         for i, keys in enumerate(call.keys):
-            raw = stored[i * width : (i + 1) * width]
             vectors: Vectors = {}
-            for kind, key, data in zip(call.types, keys, raw, strict=True):
+            for offset, kind in enumerate(types):
+                data = stored[i * width + offset]
                 if data is None:
                     continue
                 try:
-                    vectors[kind] = codec.check(kind, decode_vector(data), call.output_dimension)
+                    vectors[kind] = codec.check(kind, decode_vector(data), dimension)
                 except CorruptVector:
-                    corrupt.append(key)
+                    corrupt.append(keys[offset])
             if len(vectors) == width and codec.consistent(vectors):
                 hits[i] = vectors
             elif len(vectors) == width:
@@ -312,12 +313,13 @@ class Core:
             and len(call.unique) == len(call.texts)
         ):
             return fresh.responses[0]
-        seen: set[int] = set()
-        columns: dict[str, list[list[Any]]] = {kind: [] for kind in call.types}
-        for slot in call.positions:
-            vectors = cached.get(slot) or fresh.vectors[slot]
-            for kind in call.types:
-                vector = vectors[kind]
-                columns[kind].append(list(vector) if slot in seen else vector)
-            seen.add(slot)
+        rows = [cached.get(slot) or fresh.vectors[slot] for slot in call.positions]
+        columns = {kind: [row[kind] for row in rows] for kind in call.types}
+        if len(call.unique) != len(call.texts):  # a repeated text gets lists of its own
+            seen: set[int] = set()
+            for position, slot in enumerate(call.positions):
+                if slot in seen:
+                    for column in columns.values():
+                        column[position] = list(column[position])
+                seen.add(slot)
         return response(columns, list(call.texts), fresh.responses, fresh.billed_tokens)

@@ -7,6 +7,7 @@ then costs one short hash. Text and tenant only ever appear digested.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import TypedDict, Unpack
 
 from cachegate.keys import KEY_SCHEMA_VERSION, KeySpace, Normalization, encode_parts, normalize_text
@@ -68,9 +69,12 @@ class VectorKeys:
 
     def key(self, normalized_text: str) -> str:
         """The key of a text already normalised with `self.normalization`."""
-        return self._prefix + self._keyspace.digest_bytes(
-            self._head + encode_parts((normalized_text,))
-        )
+        return self.keys((normalized_text,))[0]
+
+    def keys(self, normalized_texts: Iterable[str]) -> list[str]:
+        """The keys of texts already normalised with `self.normalization`, in order."""
+        prefix, head, digest = self._prefix, self._head, self._keyspace.digest_bytes
+        return [prefix + digest(head + encode_parts((text,))) for text in normalized_texts]
 
 
 def vector_key(

@@ -113,16 +113,17 @@ def plan(
     index: dict[str, int] = {}
     positions: list[int] = []
     unique: list[str] = []
-    keyed: list[list[str]] = []
+    identities: list[str] = []
     for text in texts:
         identity = normalize_text(text, normalization) if normalizing else text
         slot = index.get(identity)
         if slot is None:
             slot = index[identity] = len(unique)
             unique.append(text)
-            if keys:
-                keyed.append([builder.key(identity) for builder in keys])
+            identities.append(identity)
         positions.append(slot)
+    columns = [builder.keys(identities) for builder in keys or ()]
+    keyed = [list(row) for row in zip(*columns, strict=True)]
     output_dimension = dimension if isinstance(dimension, int) else None
     return Call(texts, types, options, positions, unique, keyed, output_dimension)
 
