@@ -16,7 +16,7 @@ from typing import Any
 import cohere
 import pytest
 from cohere.errors import InternalServerError, TooManyRequestsError
-from cohere.types import EmbedByTypeResponse
+from cohere.types import EmbedByTypeResponse, EmbedByTypeResponseEmbeddings
 from cohere_server import CohereServer, embedding, float_vector, tokens_for
 from conftest import delete_namespace
 from hypothesis import given
@@ -24,14 +24,19 @@ from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
 
 from cachegate.embeddings import (
+    DEFAULT_THRESHOLD,
     MAX_TEXTS_PER_CALL,
     CachedEmbedder,
     CachedEmbedderSync,
+    EmbedderConfig,
     vector_key,
 )
+from cachegate.embeddings.codec import compare
+from cachegate.embeddings.cohere import response
 from cachegate.keys import Normalization
 from cachegate.metrics import Metrics
 from cachegate.rollout import Decision, Mode, using_decision
+from cachegate.shadow import Outcome
 from cachegate.store import MemoryStore, RedisStore, Store
 from cachegate.vectors import (
     FLOAT16_COSINE_LOSS_BOUND,
@@ -639,3 +644,104 @@ async def test_the_request_tenant_of_the_middleware_is_the_default_scope(
         await cached.embed(texts=["hello"], model=MODEL, input_type=QUERY)
     assert (cached.stats.hits, cached.stats.misses) == (1, 2)
     assert [call.texts for call in server.calls] == [["hello"], ["hello"]]
+
+
+def test_one_configuration_object_or_its_fields_as_keywords() -> None:
+    """`config=` groups the options; keywords given beside it win; a wrong one fails at once."""
+    store = MemoryStore()
+    client = cohere.AsyncClientV2(api_key="test", base_url="http://127.0.0.1:9")
+    config = EmbedderConfig(namespace="cfg", storage="float16", scope="global", ttl=5)
+    grouped = CachedEmbedder(client, store, config=config)
+    assert grouped.config is config
+    assert grouped.shadow_threshold < DEFAULT_THRESHOLD, "float16 widens the threshold"
+    mixed = CachedEmbedder(client, store, config, storage="float32", ttl=7)
+    assert (mixed.config.namespace, mixed.config.storage, mixed.config.ttl) == ("cfg", "float32", 7)
+    assert mixed.shadow_threshold == DEFAULT_THRESHOLD
+    assert CachedEmbedder(client, store, namespace="cfg", ttl=5).config.ttl == 5
+    with pytest.raises(TypeError):
+        CachedEmbedder(client, store, ttl_seconds=5)
+    with pytest.raises(ValueError, match="storage"):
+        CachedEmbedder(client, store, config, storage="float8")
+    with pytest.raises(ValueError, match="secret"):
+        EmbedderConfig(key_secret=b"short")
+
+
+async def test_stats_are_the_counts_the_metrics_were_given(
+    client: cohere.AsyncClientV2, store: Store, namespace: str, server: CohereServer
+) -> None:
+    """One counting path: after serve, shadow, corrupt entries and a failed read, every total
+    with a Prometheus series equals that series (two embedders, one `Metrics`)."""
+    registry = CollectorRegistry()
+    metrics = Metrics(registry=registry)
+    cached = embedder(client, store, namespace, metrics=metrics)
+    await cached.embed(texts=["a", "b"], model=MODEL, input_type=QUERY)
+    await cached.embed(texts=["a", "b", "c"], model=MODEL, input_type=QUERY)
+    await store.set_many([(key(namespace, "c"), b"garbage")], 60)
+    wrong = encode_vector(expected("elsewhere"), DType.FLOAT32)
+    await store.set_many([(key(namespace, "b"), wrong)], 60)
+    with using_decision(Decision(l2=Mode.SHADOW)):
+        await cached.embed(texts=["a", "b", "c", "d"], model=MODEL, input_type=QUERY)
+    down = RedisStore.from_url(f"redis://127.0.0.1:{closed_port()}", deadline=0.5)
+    failing = embedder(client, down, namespace, metrics=metrics)
+    try:
+        await failing.embed(texts=["a"], model=MODEL, input_type=QUERY)
+    finally:
+        await down.aclose()
+
+    def sample(name: str, **labels: str) -> float | None:
+        return registry.get_sample_value(name, {"cache_layer": "embedding", **labels})
+
+    stats = cached.stats
+    assert (stats.hits, stats.misses, stats.shadow_hits, stats.shadow_misses) == (2, 3, 2, 2)
+    assert (stats.matches, stats.mismatches, stats.corrupt) == (1, 1, 1)
+    assert (failing.stats.hits, failing.stats.misses) == (0, 0), "a failed read is a bypass"
+    assert sample("cachegate_cache_hits_total") == stats.hits
+    assert sample("cachegate_cache_misses_total") == stats.misses
+    assert sample("cachegate_shadow_lookups_total", result="hit") == stats.shadow_hits
+    assert sample("cachegate_shadow_lookups_total", result="miss") == stats.shadow_misses
+    for outcome, total in [("match", 1), ("mismatch", 1), ("error", 0)]:
+        assert sample("cachegate_comparisons_total", kind="shadow", outcome=outcome) == total
+    assert sample("cachegate_corrupt_entries_total") == stats.corrupt
+    assert sample("cachegate_fresh_calls_avoided_total") == stats.calls_avoided
+    assert sample("cachegate_cost_avoided_dollars_total") == pytest.approx(stats.cost_avoided)
+    assert sample("cachegate_tokens_avoided_total") == pytest.approx(stats.tokens_avoided)
+    assert failing.stats.bypassed == 1 and cached.stats.bypassed == 0
+    bypasses = registry.get_sample_value("cachegate_bypasses_total", {"reason": "store_error"})
+    assert bypasses == failing.stats.bypassed
+
+
+@pytest.mark.parametrize(
+    ("cached", "fresh", "outcome"),
+    [
+        ({"float": [1.0, 0.0]}, {"float": [1.0, 0.0]}, Outcome.MATCH),
+        ({"float": [1.0, 0.0]}, {"float": [0.0, 1.0]}, Outcome.MISMATCH),
+        ({"float": [1.0, 0.0], "int8": [0, 0]}, {"float": [0.0, 1.0], "int8": [1]}, Outcome.ERROR),
+        ({"uint8": [128, 129]}, {"uint8": [128, 129]}, Outcome.MATCH),
+        ({"binary": [0, -1]}, {"binary": [0, 0]}, Outcome.MISMATCH),
+    ],
+)
+def test_comparisons_speak_the_l1_outcome(
+    cached: dict[str, list[Any]], fresh: dict[str, list[Any]], outcome: Outcome
+) -> None:
+    """A text's comparison is an `Outcome`, as in L1: an error anywhere wins over a mismatch."""
+    assert compare(cached, fresh, threshold=0.999, float_threshold=0.999) is outcome
+
+
+def test_the_response_built_without_validation_equals_the_validated_one() -> None:
+    """The all-hit answer skips pydantic's per-float validation; it must be the same object
+    the SDK's validation would have produced, and survive a dump and reload."""
+    columns: dict[str, list[list[Any]]] = {
+        "float": [[0.5, -0.25, 1.0, 0.0], [0.125, 0.0, -1.0, 2.0]],
+        "int8": [[-128, 0, 5, 127], [1, 2, 3, 4]],
+        "uint8": [[0, 255, 128, 7], [9, 8, 7, 6]],
+        "binary": [[-1], [3]],
+        "ubinary": [[255], [0]],
+    }
+    built = response(columns, ["a", "b"], [], 3.0)
+    assert built.embeddings == EmbedByTypeResponseEmbeddings.model_validate(columns)
+    assert built.embeddings.float_ == columns["float"]
+    assert built.embeddings.base64 is None
+    reloaded = EmbedByTypeResponse.model_validate(built.model_dump(by_alias=True))
+    assert reloaded == built
+    assert built.meta is not None and built.meta.billed_units is not None
+    assert built.meta.billed_units.input_tokens == 3.0

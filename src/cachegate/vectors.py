@@ -70,6 +70,8 @@ _ITEMSIZE = {
     DType.BINARY: 1,
     DType.UBINARY: 1,
 }
+_DTYPES = {dtype.value: dtype for dtype in DType}
+"""The header byte's dtype (a dict lookup: `DType(code)` costs more than the CRC on a hit)."""
 _ARRAY_CODE = {
     DType.FLOAT32: "f",
     DType.INT8: "b",
@@ -107,13 +109,12 @@ def decode_vector(data: bytes) -> Vector:
         raise CorruptVector("not a CacheGate vector")
     if version != FORMAT_VERSION:
         raise CorruptVector(f"vector format version {version}, expected {FORMAT_VERSION}")
-    try:
-        dtype = DType(code)
-    except ValueError as error:
-        raise CorruptVector(f"unknown dtype {code}") from error
+    dtype = _DTYPES.get(code)
+    if dtype is None:
+        raise CorruptVector(f"unknown dtype {code}")
     if reserved != 0:
         raise CorruptVector("reserved byte set")
-    payload = data[HEADER_SIZE:]
+    payload = memoryview(data)[HEADER_SIZE:]
     if len(payload) != count * _ITEMSIZE[dtype]:
         raise CorruptVector(f"payload of {len(payload)} bytes for {count} x {dtype.name}")
     if zlib.crc32(payload) != crc:
@@ -142,7 +143,7 @@ def _pack(values: Sequence[float] | Sequence[int], dtype: DType) -> bytes:
     return packed.tobytes()
 
 
-def _unpack(payload: bytes, dtype: DType, count: int) -> list[float] | list[int]:
+def _unpack(payload: memoryview, dtype: DType, count: int) -> list[float] | list[int]:
     if dtype is DType.FLOAT16:
         return list(struct.unpack(f"<{count}e", payload))
     unpacked = array(_ARRAY_CODE[dtype])
