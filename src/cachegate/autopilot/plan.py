@@ -114,6 +114,10 @@ class Plan:
                 return position
         raise KeyError(name)
 
+    def has_stage(self, name: str) -> bool:
+        """Whether the plan has a stage called `name`."""
+        return name in self.names
+
     @property
     def names(self) -> tuple[str, ...]:
         """The stage names in rollout order."""
