@@ -87,7 +87,11 @@ def serve(args: argparse.Namespace, err: TextIO) -> int:
     stage = _stage(args.stage)
     catalog = Catalog(workspaces=args.workspaces, clients=args.clients)
     config = DemoConfig(
-        stage=stage, latency=args.latency, embed_latency=args.embed_latency, catalog=catalog
+        stage=stage,
+        latency=args.latency,
+        embed_latency=args.embed_latency,
+        catalog=catalog,
+        stale_writes=args.stale_writes,
     )
     try:
         demo = build_demo(config)
@@ -402,6 +406,12 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--workspaces", type=_positive_int, default=catalog.workspaces)
     run.add_argument("--clients", type=_positive_int, default=catalog.clients)
     run.add_argument("--access-log", action="store_true", help="log every request (paths only)")
+    run.add_argument(
+        "--stale-writes",
+        type=_ratio,
+        default=0.0,
+        help="inject staleness: skip the invalidation of this share of writes (default 0)",
+    )
     run.set_defaults(handler=serve)
 
     rep = commands.add_parser(
