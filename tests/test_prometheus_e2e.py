@@ -50,10 +50,16 @@ STAGE_SECONDS = 3.0
 DATA_TIMEOUT = 20.0
 """How long to wait, after the load, for every panel to have data."""
 
-NO_DATA: dict[str, str] = {}
-"""Panel queries that cannot return data in a short, healthy run, with the reason. None today:
-the demo embeds questions through the L2 cache, and the series a healthy run never moves (store
-failures, corrupt entries, the breaker gauge) are initialised to 0, which is data."""
+_AUTOPILOT = "exported by `cachegate rollout run --metrics-port`, not by the service"
+NO_DATA: dict[str, str] = {
+    'max by (job) (cachegate_autopilot_stage{job=~".+"})': _AUTOPILOT,
+    "sum by (action, reason) "
+    '(increase(cachegate_autopilot_decisions_total{job=~".+"}[1h])) > 0': _AUTOPILOT,
+    'max by (gate) (cachegate_autopilot_gate_verdict{job=~".+"})': _AUTOPILOT,
+}
+"""Panel queries that cannot return data in a short, healthy run, with the reason: only the
+autopilot's. The demo embeds questions through the L2 cache, and the series a healthy run never
+moves (store failures, corrupt entries, the breaker gauge) are initialised to 0, which is data."""
 
 SHADOW_HIT_RATIO = (
     'sum by (cache_layer) (cachegate:shadow_lookups:rate5m{job=~".+", result="hit"})'
