@@ -21,7 +21,7 @@ from typing import Any
 from benchmarks import report
 from benchmarks.harness import REPO, RedisServer, delete_prefix, machine, percentile
 
-GROUPS = ("inprocess", "uvicorn", "l2", "flags", "invalidation", "encryption")
+GROUPS = ("inprocess", "uvicorn", "l2", "flags", "invalidation", "encryption", "killswitch")
 RESULTS = REPO / "benchmarks" / "results"
 
 
@@ -64,6 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
     load_start = os.getloadavg()[0]
     inproc = http = l2_result = inval = flags = encryption = None
+    kill_switch: dict[str, Any] | None = None
     notes: list[str] = []
     with RedisServer(cpu=1) as server:
         url = server.url
@@ -97,6 +98,11 @@ def main(argv: list[str] | None = None) -> int:
 
                 log("invalidation at growing entry counts ...")
                 inval = invalidation.main_sync(url, namespace, quick=quick)
+            if "killswitch" in groups:
+                log("kill switch time to effect (real Unleash) ...")
+                kill_switch, note = _kill_switch(quick)
+                if note:
+                    notes.append(note)
             if "encryption" in groups:
                 from benchmarks import encryption as encryption_group
 
@@ -129,6 +135,7 @@ def main(argv: list[str] | None = None) -> int:
         flags=flags,
         notes=notes,
         encryption=encryption,
+        kill_switch=kill_switch,
     )
     RESULTS.mkdir(parents=True, exist_ok=True)
     if args.out is not None:
@@ -149,6 +156,7 @@ def main(argv: list[str] | None = None) -> int:
         "invalidation": _jsonable(inval),
         "flags": _jsonable(flags),
         "encryption": _jsonable(encryption),
+        "kill_switch": kill_switch,
     }
     if not quick and args.out is None:
         for container in (
@@ -162,6 +170,23 @@ def main(argv: list[str] | None = None) -> int:
         (RESULTS / "latest.json").write_text(json.dumps(raw, indent=1) + "\n", encoding="utf-8")
     print(text)
     return 0
+
+
+def _kill_switch(quick: bool) -> tuple[dict[str, Any] | None, str]:
+    """`benchmarks.kill_switch` in the project's `.venv` (it starts the suite's Unleash server)."""
+    import subprocess
+
+    python = REPO / ".venv" / "bin" / "python"
+    if not python.exists():
+        return None, "kill switch not measured: no .venv (run `make install`)"
+    command = [str(python), "-m", "benchmarks.kill_switch", *(["--quick"] if quick else [])]
+    result = subprocess.run(
+        command, cwd=REPO, capture_output=True, text=True, timeout=600, check=False
+    )
+    if result.returncode != 0:
+        return None, f"kill switch not measured: {result.stderr.strip()[-300:]}"
+    measured: dict[str, Any] = json.loads(result.stdout.strip().splitlines()[-1])
+    return measured, ""
 
 
 def _drop_values(tree: Any) -> None:
