@@ -9,6 +9,7 @@ store rolls back on a store gate; no Prometheus or no traffic holds and says so.
 
 from __future__ import annotations
 
+import asyncio
 import random
 import threading
 import time
@@ -314,3 +315,54 @@ def test_no_prometheus_or_no_traffic_holds_and_says_so(
     assert all(r.startswith("traffic: ") for r in quiet_reasons), quiet_reasons
     assert all("too little traffic" in r or "no data" in r for r in quiet_reasons)
     assert setup.stages.read().stage == "off"
+
+
+def test_replay_autopilot_mode_loads_each_stage_the_autopilot_holds(
+    unleash_server: UnleashServer,  # noqa: F811
+    prometheus_bin: str,
+    spawned_redis: RedisServer,
+) -> None:
+    from cachegate import replay as rp
+
+    with rig(unleash_server, prometheus_bin, "off", spawned_redis) as setup:
+        controller = setup.controller()
+        decisions: list[Decision] = []
+
+        def step() -> bool:
+            decisions.append(controller.step())
+            return decisions[-1].action in (Action.COMPLETE, Action.ROLLBACK)
+
+        config = rp.ReplayConfig(
+            url=setup.url,
+            requests=300,
+            duration=4.0,
+            concurrency=4,
+            catalog=setup.catalog,
+        )
+        results = asyncio.run(
+            rp.replay_autopilot(
+                config,
+                current=lambda: setup.stages.read().stage,
+                step=step,
+                rounds=12,
+            )
+        )
+    assert len(results) == len(decisions)
+    assert results[0].stage == "off"
+    moved = [d for d in decisions if d.applied]
+    assert moved and moved[0].target == "dark-launch", summary(decisions)
+    # Each round after a move was loaded at the stage the autopilot moved to.
+    for index, decision in enumerate(decisions[:-1]):
+        if decision.applied:
+            assert results[index + 1].stage == decision.target
+    table = rp.render_text(results)
+    assert "off" in table and "dark-launch" in table
+
+
+def test_replay_autopilot_needs_prometheus_and_unleash(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from cachegate import cli
+
+    assert cli.main(["replay", "--autopilot", "--quiet"]) == cli.USAGE
+    assert "--autopilot needs --prometheus" in capsys.readouterr().err

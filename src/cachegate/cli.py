@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     from cachegate.autopilot.controller import Controller, Decision
     from cachegate.autopilot.plan import Plan
     from cachegate.autopilot.telemetry import AutopilotMetrics
-    from cachegate.replay import Switcher
+    from cachegate.replay import Progress, ReplayConfig, StageResult, Switcher
 
 ADMIN_TOKEN_ENV = "UNLEASH_ADMIN_TOKEN"
 OK, FAILED, USAGE = 0, 1, 2
@@ -132,10 +132,13 @@ def replay(args: argparse.Namespace, err: TextIO) -> int:
         )
     except ValueError as error:
         raise UsageError(str(error)) from None
-    switcher = _switcher(args)
     progress = rp.Progress(None if args.quiet else err)
     try:
-        results = asyncio.run(rp.replay(config, switcher=switcher, progress=progress))
+        if args.autopilot:
+            results = asyncio.run(_replay_autopilot(args, config, progress))
+        else:
+            switcher = _switcher(args)
+            results = asyncio.run(rp.replay(config, switcher=switcher, progress=progress))
     except (rp.ReplayError, FlagAdminError) as error:
         err.write(f"cachegate replay: {error}\n")
         return FAILED
@@ -153,6 +156,44 @@ def replay(args: argparse.Namespace, err: TextIO) -> int:
         err.write(f"cachegate replay: {errors} requests failed\n")
         return FAILED
     return OK
+
+
+async def _replay_autopilot(
+    args: argparse.Namespace, config: ReplayConfig, progress: Progress
+) -> list[StageResult]:
+    """`replay --autopilot`: rounds of load at the autopilot's stage, a step after each, the
+    decisions printed as they are made."""
+    from cachegate import replay as rp
+    from cachegate.autopilot.plan import PlanError, load_plan
+
+    if not args.prometheus or not args.unleash_url:
+        raise UsageError("--autopilot needs --prometheus URL and --unleash-url URL")
+    try:
+        plan = load_plan(Path(args.plan) if args.plan else None)
+    except PlanError as error:
+        raise UsageError(str(error)) from None
+    controller, close = _controller(
+        plan,
+        prometheus=args.prometheus,
+        unleash_url=args.unleash_url,
+        project=args.unleash_project,
+        environment=args.unleash_environment,
+    )
+
+    def current() -> str | None:
+        return controller.stages.read().stage
+
+    def step() -> bool:
+        decision = controller.step()
+        _print_decision(decision, as_json=False, colour=False)
+        return decision.action.value in ("complete", "rollback")
+
+    try:
+        return await rp.replay_autopilot(
+            config, current=current, step=step, rounds=args.rounds, progress=progress
+        )
+    finally:
+        close()
 
 
 def _switcher(args: argparse.Namespace) -> Callable[[httpx.AsyncClient], Switcher]:
@@ -233,7 +274,17 @@ def rollout(args: argparse.Namespace, err: TextIO) -> int:
     if args.action == "plan":
         sys.stdout.write(report.render_plan(plan))
         return OK
-    controller, close = _controller(args, plan)
+    if args.action != "rollback" and not args.prometheus:
+        raise UsageError("--prometheus URL is needed (the Prometheus that scrapes CacheGate)")
+    controller, close = _controller(
+        plan,
+        prometheus=args.prometheus,
+        unleash_url=args.unleash_url,
+        project=args.project,
+        environment=args.environment,
+        dry_run=args.dry_run,
+        interval=args.interval,
+    )
     metrics = _autopilot_metrics(args, plan)
     colour = sys.stdout.isatty() and not args.json
     code = OK
@@ -259,21 +310,26 @@ def rollout(args: argparse.Namespace, err: TextIO) -> int:
     return code
 
 
-def _controller(args: argparse.Namespace, plan: Plan) -> tuple[Controller, Callable[[], None]]:
+def _controller(
+    plan: Plan,
+    *,
+    prometheus: str | None,
+    unleash_url: str,
+    project: str,
+    environment: str,
+    dry_run: bool = False,
+    interval: float | None = None,
+) -> tuple[Controller, Callable[[], None]]:
+    """The controller over Prometheus and Unleash, and how to close its connections."""
     from cachegate.autopilot.controller import Controller
     from cachegate.autopilot.prometheus import PrometheusReader
     from cachegate.autopilot.unleash import UnleashStages
 
-    if args.action != "rollback" and not args.prometheus:
-        raise UsageError("--prometheus URL is needed (the Prometheus that scrapes CacheGate)")
-    reader = PrometheusReader(args.prometheus or "http://127.0.0.1:9090")
-    stages = UnleashStages(
-        args.unleash_url, _admin_token(), project=args.project, environment=args.environment
-    )
-    controller = Controller(plan, reader, stages, dry_run=args.dry_run)
-    if args.interval is not None:
-        controller.plan = replace(plan, interval=args.interval)
-    return controller, reader.close
+    reader = PrometheusReader(prometheus or "http://127.0.0.1:9090")
+    stages = UnleashStages(unleash_url, _admin_token(), project=project, environment=environment)
+    if interval is not None:
+        plan = replace(plan, interval=interval)
+    return Controller(plan, reader, stages, dry_run=dry_run), reader.close
 
 
 def _autopilot_metrics(args: argparse.Namespace, plan: Plan) -> AutopilotMetrics | None:
@@ -455,6 +511,17 @@ def parser() -> argparse.ArgumentParser:
         help="seconds to wait after moving Unleash flags (default 20)",
     )
     rep.add_argument("--quiet", action="store_true", help="no progress line")
+    rep.add_argument(
+        "--autopilot",
+        action="store_true",
+        help="let the rollout autopilot move the stages (needs --prometheus, --unleash-url): "
+        "rounds of load at its stage, one step after each",
+    )
+    rep.add_argument("--prometheus", help="Prometheus scraping the target (--autopilot)")
+    rep.add_argument("--plan", help="rollout plan file (--autopilot; default flags/)")
+    rep.add_argument(
+        "--rounds", type=_positive_int, default=30, help="at most this many (--autopilot)"
+    )
     rep.set_defaults(handler=replay)
 
     flags = commands.add_parser("flags", help="move or show the flags on an Unleash server")
