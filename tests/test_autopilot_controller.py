@@ -9,6 +9,7 @@ import json
 import time
 from typing import Any
 
+import httpx
 import pytest
 from unleash_server import UnleashServer, unleash_server  # noqa: F401
 
@@ -237,3 +238,39 @@ def test_cli_status_plan_and_errors(
     assert cli.main(["rollout", "rollback", "--unleash-url", server.url, "--json"]) == cli.OK
     assert json.loads(capsys.readouterr().out)["target"] == "off"
     assert read_stage(server.url, server.admin_token).stage == "off"
+
+
+def test_cli_run_exports_metrics_and_gives_up_at_its_timeout(
+    unleash_server: UnleashServer,  # noqa: F811
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from prometheus_client import REGISTRY
+    from support.redis_server import free_port
+
+    server = unleash_server
+    apply_stage(server.url, server.admin_token, "dark-launch")
+    monkeypatch.setenv(cli.ADMIN_TOKEN_ENV, server.admin_token)
+    port = free_port()
+    args = ["--prometheus", f"http://127.0.0.1:{free_port()}", "--unleash-url", server.url]
+    options = ["--json", "--interval", "0.2", "--timeout", "1", "--metrics-port", str(port)]
+    assert cli.main(["rollout", "run", *args, *options]) == cli.FAILED
+    records = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert len(records) >= 2 and {r["action"] for r in records} == {"hold"}
+    assert read_stage(server.url, server.admin_token).stage == "dark-launch"
+    held = (
+        REGISTRY.get_sample_value(
+            "cachegate_autopilot_decisions_total", {"action": "hold", "reason": "settling"}
+        )
+        or 0.0
+    )
+    unavailable = (
+        REGISTRY.get_sample_value(
+            "cachegate_autopilot_decisions_total",
+            {"action": "hold", "reason": "metrics_unavailable"},
+        )
+        or 0.0
+    )
+    assert held + unavailable >= len(records)
+    exposed = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+    assert "cachegate_autopilot_stage 1.0" in exposed

@@ -337,9 +337,9 @@ def _autopilot_metrics(args: argparse.Namespace, plan: Plan) -> AutopilotMetrics
         return None
     from prometheus_client import start_http_server
 
-    from cachegate.autopilot.telemetry import AutopilotMetrics
+    from cachegate.autopilot.telemetry import default_autopilot_metrics
 
-    metrics = AutopilotMetrics(plan.names)
+    metrics = default_autopilot_metrics(plan.names)
     start_http_server(args.metrics_port, addr=args.metrics_host)
     return metrics
 

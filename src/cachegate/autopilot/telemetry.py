@@ -13,7 +13,7 @@ from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge
 from cachegate.autopilot.controller import Action, Decision
 from cachegate.autopilot.gates import Verdict
 
-__all__ = ["REASON_CODES", "AutopilotMetrics"]
+__all__ = ["REASON_CODES", "AutopilotMetrics", "default_autopilot_metrics"]
 
 REASON_CODES: dict[Action, tuple[str, ...]] = {
     Action.ADVANCE: ("gates_passed",),
@@ -123,3 +123,14 @@ class AutopilotMetrics:
             threshold = nan if result.threshold is None else result.threshold
             self.gate_threshold.labels(result.gate).set(threshold)
             self.gate_verdict.labels(result.gate).set(_VERDICTS[result.verdict])
+
+
+_default: AutopilotMetrics | None = None
+
+
+def default_autopilot_metrics(stages: Sequence[str]) -> AutopilotMetrics:
+    """The process's autopilot metrics in the default registry, created once."""
+    global _default
+    if _default is None:
+        _default = AutopilotMetrics(stages)
+    return _default
