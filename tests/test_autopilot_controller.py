@@ -25,7 +25,7 @@ MISMATCH = 'kind=~"shadow|verify",outcome=~"mismatch"'
 STORE = "store_failures"
 
 
-def plan() -> Plan:
+def plan(**agreement: Any) -> Plan:
     return parse_plan(
         {
             "version": 1,
@@ -51,6 +51,7 @@ def plan() -> Plan:
                     "window": "30m",
                     "failure_limit": 2,
                     "on_fail": "rollback",
+                    **agreement,
                 },
                 "store": {
                     "kind": "threshold",
@@ -167,6 +168,19 @@ def test_failure_limit_then_rollback_and_a_restart_does_not_repeat_it(setup: Set
     assert decision.action is Action.HOLD and decision.code == "gate_failing"
     assert figures.asked and all("[7s]" in query for query in figures.asked)
     assert stages.read().stage == "dark-launch"
+
+
+def test_a_gate_can_roll_back_further_than_the_stage_before(setup: Setup) -> None:
+    _, figures, clock, stages = setup
+    controller = Controller(plan(rollback_to="off"), figures, stages, clock=clock)
+    apply_stage(stages.url, stages.admin_token, "l1-10")
+    figures.healthy()
+    figures.values[MISMATCH] = 200.0
+    clock.shift = 600
+    assert controller.step().action is Action.HOLD
+    decision = controller.step()
+    assert (decision.action, decision.target, decision.applied) == (Action.ROLLBACK, "off", True)
+    assert stages.read().stage == "off"
 
 
 def test_the_kill_switch_wins(setup: Setup) -> None:

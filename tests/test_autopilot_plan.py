@@ -43,6 +43,7 @@ def test_the_shipped_plan_covers_every_stage_in_order() -> None:
     assert by_name["would-be-hit-rate"].on_fail is OnFail.HOLD
     assert by_name["l1-agreement"].on_fail is OnFail.ROLLBACK
     assert plan.index("l1-10") == 3
+    assert by_name["l1-agreement"].rollback_to == "l2"
 
 
 @pytest.mark.parametrize(
@@ -85,6 +86,7 @@ def broken(change: Any) -> dict[str, Any]:
         (lambda d: d["gates"]["store-failures"].update(min=0.1), "exactly one of 'min' or 'max'"),
         (lambda d: d["gates"]["traffic"].update(count="sum(x)"), r"must use \$window"),
         (lambda d: d["gates"]["breaker-open"].update(max=float("nan")), "finite"),
+        (lambda d: d["gates"]["l1-agreement"].update(rollback_to="l1-75"), "no stage of the plan"),
     ],
 )
 def test_mistakes_are_refused_with_a_clear_error(change: Any, message: str) -> None:

@@ -200,6 +200,7 @@ class Controller:
         if count:
             self._failures = failures
         limits = {gate.name: gate.failure_limit for gate in current.gates}
+        rollback_to = {gate.name: gate.rollback_to for gate in current.gates}
         position = self.plan.index(current.name)
         for result in results:
             if result.verdict is not Verdict.FAIL:
@@ -207,6 +208,9 @@ class Controller:
             reached = failures[result.gate] >= limits[result.gate]
             if result.on_fail is OnFail.ROLLBACK and reached:
                 target = self.plan.stages[position - 1].name if position > 0 else None
+                wanted = rollback_to.get(result.gate)
+                if wanted is not None and self.plan.index(wanted) < position:
+                    target = wanted
                 if target is None:
                     return replace(
                         base,

@@ -79,6 +79,10 @@ class GateSpec:
     max: float | None = None
     max_increase: float | None = None
     slack: float = 0.0
+    rollback_to: str | None = None
+    """Where a rollback on this gate goes when that stage is earlier than the current one: e.g.
+    an L1 gate back to the last stage where L1 does not serve, leaving L2 serving. Elsewhere,
+    and when None: the stage before."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,7 +160,7 @@ def load_plan(path: Path | None = None, environ: Mapping[str, str] | None = None
 
 _TOP = {"version", "selector", "interval", "settle", "stages", "gates"}
 _STAGE_KEYS = {"name", "min_observation", "gates"}
-_COMMON = {"kind", "window", "failure_limit", "on_fail", "min_sample"}
+_COMMON = {"kind", "window", "failure_limit", "on_fail", "min_sample", "rollback_to"}
 _KIND_KEYS: dict[GateKind, tuple[set[str], set[str]]] = {
     # kind: (required, optional) besides the common keys
     GateKind.AGREEMENT: ({"layer", "max_excess"}, {"confidence"}),
@@ -193,6 +197,12 @@ def parse_plan(
     duplicates = sorted({name for name in names if names.count(name) > 1})
     if duplicates:
         raise PlanError(f"{source}: stage {', '.join(duplicates)} appears more than once")
+    for gate in gates.values():
+        if gate.rollback_to is not None and gate.rollback_to not in names:
+            raise PlanError(
+                f"{source}: [gates.{gate.name}] rollback_to {gate.rollback_to!r} is no stage "
+                f"of the plan ({', '.join(names)})"
+            )
     return Plan(stages=stages, interval=interval, settle=settle, selector=selector, source=source)
 
 
@@ -293,6 +303,7 @@ def _gate(name: str, raw: Any, source: str) -> GateSpec:
         window=window,
         failure_limit=failure_limit,
         on_fail=on_fail,
+        rollback_to=_rollback_to(raw.get("rollback_to"), where),
         min_sample=min_sample,
         confidence=confidence,
         layer=layer,
@@ -306,6 +317,14 @@ def _gate(name: str, raw: Any, source: str) -> GateSpec:
         max_increase=numbers.get("max_increase"),
         slack=numbers.get("slack", 0.0),
     )
+
+
+def _rollback_to(value: Any, where: str) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value:
+        raise PlanError(f"{where}: 'rollback_to' must be the name of an earlier stage")
+    return value
 
 
 def _integer(value: Any, where: str, *, minimum: int) -> int:

@@ -124,6 +124,7 @@ def render_plan(plan: Plan) -> str:
                 f"{gate.name:<22} {gate.kind.value:<11} {limit:<18} window {gate.window:g}s"
                 f"  min sample {gate.min_sample}"
                 f"  fails {gate.failure_limit}x -> {gate.on_fail.value}"
+                + (f" to {gate.rollback_to}" if gate.rollback_to else "")
             )
     lines.extend(seen.values())
     return "\n".join(lines) + "\n"
