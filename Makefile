@@ -44,10 +44,10 @@ bench-deps:
 	@command -v redis-server >/dev/null && command -v wrk >/dev/null || \
 		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server wrk)
 
-bench: $(BENCH_STAMP) bench-deps
+bench: install $(BENCH_STAMP) bench-deps
 	$(BENCH)/bin/python -m benchmarks
 
-bench-quick: $(BENCH_STAMP) bench-deps
+bench-quick: install $(BENCH_STAMP) bench-deps
 	$(BENCH)/bin/python -m benchmarks --quick
 
 # 200 clients for 60 s through uvicorn against a private redis-server; writes

@@ -21,7 +21,16 @@ from typing import Any
 from benchmarks import report
 from benchmarks.harness import REPO, RedisServer, delete_prefix, machine, percentile
 
-GROUPS = ("inprocess", "uvicorn", "l2", "flags", "invalidation", "encryption", "streaming")
+GROUPS = (
+    "inprocess",
+    "uvicorn",
+    "l2",
+    "flags",
+    "invalidation",
+    "encryption",
+    "streaming",
+    "killswitch",
+)
 RESULTS = REPO / "benchmarks" / "results"
 
 
@@ -65,6 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     load_start = os.getloadavg()[0]
     inproc = http = l2_result = inval = flags = encryption = None
     streamed = None
+    kill_switch: dict[str, Any] | None = None
     notes: list[str] = []
     with RedisServer(cpu=1) as server:
         url = server.url
@@ -98,6 +108,11 @@ def main(argv: list[str] | None = None) -> int:
 
                 log("invalidation at growing entry counts ...")
                 inval = invalidation.main_sync(url, namespace, quick=quick)
+            if "killswitch" in groups:
+                log("kill switch time to effect (real Unleash) ...")
+                kill_switch, note = _kill_switch(quick)
+                if note:
+                    notes.append(note)
             if "encryption" in groups:
                 from benchmarks import encryption as encryption_group
 
@@ -135,6 +150,7 @@ def main(argv: list[str] | None = None) -> int:
         flags=flags,
         notes=notes,
         encryption=encryption,
+        kill_switch=kill_switch,
     )
     if streamed is not None:
         from benchmarks import streaming
@@ -160,6 +176,7 @@ def main(argv: list[str] | None = None) -> int:
         "flags": _jsonable(flags),
         "encryption": _jsonable(encryption),
         "streaming": _jsonable(streamed),
+        "kill_switch": kill_switch,
     }
     if not quick and args.out is None:
         for container in (
@@ -174,6 +191,23 @@ def main(argv: list[str] | None = None) -> int:
         (RESULTS / "latest.json").write_text(json.dumps(raw, indent=1) + "\n", encoding="utf-8")
     print(text)
     return 0
+
+
+def _kill_switch(quick: bool) -> tuple[dict[str, Any] | None, str]:
+    """`benchmarks.kill_switch` in the project's `.venv` (it starts the suite's Unleash server)."""
+    import subprocess
+
+    python = REPO / ".venv" / "bin" / "python"
+    if not python.exists():
+        return None, "kill switch not measured: no .venv (run `make install`)"
+    command = [str(python), "-m", "benchmarks.kill_switch", *(["--quick"] if quick else [])]
+    result = subprocess.run(
+        command, cwd=REPO, capture_output=True, text=True, timeout=600, check=False
+    )
+    if result.returncode != 0:
+        return None, f"kill switch not measured: {result.stderr.strip()[-300:]}"
+    measured: dict[str, Any] = json.loads(result.stdout.strip().splitlines()[-1])
+    return measured, ""
 
 
 def _drop_values(tree: Any) -> None:

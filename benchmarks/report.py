@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from statistics import median
+from typing import Any
 
 from benchmarks.encryption import EncryptionResult
 from benchmarks.encryption import render as render_encryption
@@ -255,6 +256,7 @@ def render(
     flags: FlagResult | None,
     notes: list[str],
     encryption: EncryptionResult | None = None,
+    kill_switch: dict[str, Any] | None = None,
 ) -> str:
     lines = [f"# {title}", ""]
     lines += _table(["machine", ""], [[k, v] for k, v in machine.items()])
@@ -505,6 +507,46 @@ def render(
     if encryption is not None:
         lines += render_encryption(encryption)
 
+    if kill_switch is not None:
+        lines += render_kill_switch(kill_switch)
+
     if notes:
         lines += ["## Notes", ""] + [f"- {note}" for note in notes] + [""]
     return "\n".join(lines)
+
+
+def render_kill_switch(result: dict[str, Any]) -> list[str]:
+    """Kill switch time to effect with the default poll, and the poll's cost on Unleash."""
+    effects = sorted(result["effect_seconds"])
+    lines = ["## Kill switch: time to effect", ""]
+    lines += [
+        "A connected `FlagRollout` with the default settings (poll every "
+        f"{result['refresh_interval']} s) at `l1-100` on the real Unleash server; the kill switch "
+        "is turned on through the admin API; measured until `decide()` says L1 off "
+        "(what an autopilot rollback or a person's kill switch waits for).",
+        "",
+    ]
+    lines += _table(
+        ["rounds", "median", "max"],
+        [[str(len(effects)), f"{median(effects):.2f} s", f"{effects[-1]:.2f} s"]],
+    )
+    clients = result["clients"]
+    lines += [
+        "",
+        f"Cost on the Unleash server: CPU of its process with {clients} clients polling, over "
+        f"{result['window_seconds']:g} s (unchanged flags: 304 answers).",
+        "",
+    ]
+    lines += _table(
+        ["poll interval", "polls per second", "server CPU (share of one core)"],
+        [
+            [
+                f"{interval} s",
+                f"{result[f'polls_per_s_{interval}s']:.1f}",
+                f"{result[f'cpu_per_s_{interval}s'] * 100:.1f} %",
+            ]
+            for interval in (15, 1)
+        ],
+    )
+    lines.append("")
+    return lines

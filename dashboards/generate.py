@@ -693,8 +693,80 @@ def rollout(q: Queries) -> Dashboard:
         title="CacheGate / Rollout",
         description="CacheGate's rollout stage gates: rollout share per mode, would-be hit rate "
         "in dark launch, shadow and verify agreement, latency and money avoided.",
-        rows=(stage, dark, serve, flag_state_row(q)),
+        rows=(stage, autopilot(q), dark, serve, flag_state_row(q)),
         with_route=True,
+    )
+
+
+AUTOPILOT_STAGES = ("off", "dark-launch", "l2", "l1-10", "l1-50", "l1-100")
+"""The plan's stages by position, as `cachegate_autopilot_stage` reports them."""
+
+
+def autopilot(q: Queries) -> Row:
+    """The rollout autopilot (`cachegate rollout run --metrics-port`): stage over time, its
+    last decisions and the gates' verdicts."""
+    colours = ("blue", "purple", "yellow", "orange", "orange", "green")
+    stage_names = {
+        str(position): {"text": name, "color": colour, "index": position + 1}
+        for position, (name, colour) in enumerate(zip(AUTOPILOT_STAGES, colours, strict=True))
+    }
+    stage_names["-1"] = {"text": "kill switch / unknown", "color": "red", "index": 0}
+    return Row(
+        "Autopilot: where is it going, and why?",
+        (
+            Panel(
+                "Autopilot stage over time",
+                "Which stage did the autopilot hold the flags at, over time? A step down is a "
+                "rollback (alert CacheGateAutopilotRolledBack); a long flat line while gates "
+                "hold is CacheGateAutopilotHoldingTooLong. Empty when the autopilot is not run "
+                "with --metrics-port.",
+                (Target(f"max by (job) ({q.metric('autopilot_stage')}{{{JOB}}})", "{{job}}"),),
+                kind="state-timeline",
+                width=12,
+                mappings=({"type": "value", "options": stage_names},),
+            ),
+            Panel(
+                "Last autopilot decisions",
+                "What did the autopilot decide over the shown range, by action (advance, hold, "
+                "rollback, complete) and reason code? `cachegate rollout status` prints the "
+                "figures behind the latest one.",
+                (
+                    Target(
+                        f"sum by (action, reason) "
+                        f"(increase({q.metric('autopilot_decisions_total')}{{{JOB}}}[$__range]))"
+                        " > 0",
+                        "{{action}} {{reason}}",
+                        instant=True,
+                    ),
+                ),
+                kind="stat",
+                width=6,
+                min=0,
+            ),
+            Panel(
+                "Gate verdicts",
+                "The last verdict of every gate of the current stage: 1 pass, 0 hold (no data, "
+                "too small a sample, undecided), -1 fail.",
+                (
+                    Target(
+                        f"max by (gate) ({q.metric('autopilot_gate_verdict')}{{{JOB}}})",
+                        "{{gate}}",
+                    ),
+                ),
+                kind="state-timeline",
+                width=6,
+                mappings=(
+                    {
+                        "type": "value",
+                        "options": {
+                            "-1": {"text": "fail", "color": "red", "index": 0},
+                            "0": {"text": "hold", "color": "yellow", "index": 1},
+                            "1": {"text": "pass", "color": "green", "index": 2},
+                        },
+                    },
+                ),
+            ),
+        ),
     )
 
 

@@ -26,6 +26,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from support.components import missing
 
 from cachegate import metrics
+from cachegate.autopilot.telemetry import AutopilotMetrics
+from cachegate.flags import STAGES
 from cachegate.metrics import Metrics
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -108,7 +110,8 @@ def registered() -> CollectorRegistry:
     """
     registry = CollectorRegistry()
     instance = Metrics(registry=registry, routes=("/ai/query",))
-    for collector in vars(instance).values():
+    autopilot = AutopilotMetrics(STAGES, registry=registry)
+    for collector in [*vars(instance).values(), *vars(autopilot).values()]:
         # `_labelnames`: prometheus_client has no public accessor for a metric's label names.
         if isinstance(collector, Counter | Gauge | Histogram) and collector._labelnames:
             collector.labels(*("probe" for _ in collector._labelnames))

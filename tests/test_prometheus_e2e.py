@@ -50,10 +50,15 @@ STAGE_SECONDS = 3.0
 DATA_TIMEOUT = 20.0
 """How long to wait, after the load, for every panel to have data."""
 
+_AUTOPILOT = "exported by `cachegate rollout run --metrics-port`, not by the service"
 NO_DATA: dict[str, str] = {
     'cachegate:flag_state_age_seconds{job=~".+"}': "this app's rollout is no flag source, so the "
     "state was never fetched (timestamp 0, no age); tests/test_flag_state.py scrapes a demo "
     "connected to a real Unleash for it",
+    'max by (job) (cachegate_autopilot_stage{job=~".+"})': _AUTOPILOT,
+    "sum by (action, reason) "
+    '(increase(cachegate_autopilot_decisions_total{job=~".+"}[1h])) > 0': _AUTOPILOT,
+    'max by (gate) (cachegate_autopilot_gate_verdict{job=~".+"})': _AUTOPILOT,
 }
 """Panel queries that cannot return data in a short, healthy run, with the reason. The demo
 embeds questions through the L2 cache, and the series a healthy run never moves (store failures,

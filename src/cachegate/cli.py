@@ -11,6 +11,8 @@ import asyncio
 import os
 import sys
 from collections.abc import Callable, Sequence
+from dataclasses import replace
+from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
 from cachegate.demo import DEFAULT_EMBED_LATENCY, DEFAULT_LATENCY, DEFAULT_STAGE
@@ -19,7 +21,10 @@ from cachegate.workload import Catalog, Mix
 if TYPE_CHECKING:
     import httpx
 
-    from cachegate.replay import Switcher
+    from cachegate.autopilot.controller import Controller, Decision
+    from cachegate.autopilot.plan import Plan
+    from cachegate.autopilot.telemetry import AutopilotMetrics
+    from cachegate.replay import Progress, ReplayConfig, StageResult, Switcher
 
 ADMIN_TOKEN_ENV = "UNLEASH_ADMIN_TOKEN"
 OK, FAILED, USAGE = 0, 1, 2
@@ -82,7 +87,11 @@ def serve(args: argparse.Namespace, err: TextIO) -> int:
     stage = None if args.stage is None else _stage(args.stage)
     catalog = Catalog(workspaces=args.workspaces, clients=args.clients)
     config = DemoConfig(
-        stage=stage, latency=args.latency, embed_latency=args.embed_latency, catalog=catalog
+        stage=stage,
+        latency=args.latency,
+        embed_latency=args.embed_latency,
+        catalog=catalog,
+        stale_writes=args.stale_writes,
     )
     try:
         demo = build_demo(config)
@@ -123,10 +132,13 @@ def replay(args: argparse.Namespace, err: TextIO) -> int:
         )
     except ValueError as error:
         raise UsageError(str(error)) from None
-    switcher = _switcher(args)
     progress = rp.Progress(None if args.quiet else err)
     try:
-        results = asyncio.run(rp.replay(config, switcher=switcher, progress=progress))
+        if args.autopilot:
+            results = asyncio.run(_replay_autopilot(args, config, progress))
+        else:
+            switcher = _switcher(args)
+            results = asyncio.run(rp.replay(config, switcher=switcher, progress=progress))
     except (rp.ReplayError, FlagAdminError) as error:
         err.write(f"cachegate replay: {error}\n")
         return FAILED
@@ -144,6 +156,44 @@ def replay(args: argparse.Namespace, err: TextIO) -> int:
         err.write(f"cachegate replay: {errors} requests failed\n")
         return FAILED
     return OK
+
+
+async def _replay_autopilot(
+    args: argparse.Namespace, config: ReplayConfig, progress: Progress
+) -> list[StageResult]:
+    """`replay --autopilot`: rounds of load at the autopilot's stage, a step after each, the
+    decisions printed as they are made."""
+    from cachegate import replay as rp
+    from cachegate.autopilot.plan import PlanError, load_plan
+
+    if not args.prometheus or not args.unleash_url:
+        raise UsageError("--autopilot needs --prometheus URL and --unleash-url URL")
+    try:
+        plan = load_plan(Path(args.plan) if args.plan else None)
+    except PlanError as error:
+        raise UsageError(str(error)) from None
+    controller, close = _controller(
+        plan,
+        prometheus=args.prometheus,
+        unleash_url=args.unleash_url,
+        project=args.unleash_project,
+        environment=args.unleash_environment,
+    )
+
+    def current() -> str | None:
+        return controller.stages.read().stage
+
+    def step() -> bool:
+        decision = controller.step()
+        _print_decision(decision, as_json=False, colour=False)
+        return decision.action.value in ("complete", "rollback")
+
+    try:
+        return await rp.replay_autopilot(
+            config, current=current, step=step, rounds=args.rounds, progress=progress
+        )
+    finally:
+        close()
 
 
 def _switcher(args: argparse.Namespace) -> Callable[[httpx.AsyncClient], Switcher]:
@@ -206,6 +256,172 @@ def flags_show(args: argparse.Namespace, err: TextIO) -> int:
     return OK
 
 
+# --- rollout -------------------------------------------------------------------------------------
+
+
+def rollout(args: argparse.Namespace, err: TextIO) -> int:
+    """`cachegate rollout status|plan|step|run|rollback`: the autopilot (see docs/flags.md)."""
+    from cachegate.autopilot import report
+    from cachegate.autopilot.plan import PlanError, load_plan
+    from cachegate.flagadmin import FlagAdminError
+
+    try:
+        plan = load_plan(Path(args.plan) if args.plan else None)
+    except PlanError as error:
+        raise UsageError(str(error)) from None
+    if args.action == "plan":
+        sys.stdout.write(report.render_plan(plan))
+        return OK
+    if args.action != "rollback" and not args.prometheus:
+        raise UsageError("--prometheus URL is needed (the Prometheus that scrapes CacheGate)")
+    controller, close = _controller(
+        plan,
+        prometheus=args.prometheus,
+        unleash_url=args.unleash_url,
+        project=args.project,
+        environment=args.environment,
+        dry_run=args.dry_run,
+        interval=args.interval,
+    )
+    metrics = _autopilot_metrics(args, plan)
+    colour = sys.stdout.isatty() and not args.json
+    code = OK
+    try:
+        if args.action == "run":
+            return _run(controller, args, metrics, colour=colour)
+        if args.action == "status":
+            decision = controller.status()
+        elif args.action == "step":
+            decision = controller.step()
+        else:
+            decision = controller.rollback(kill_switch=args.kill_switch)
+        if metrics is not None:
+            metrics.record(decision)
+        _print_decision(decision, as_json=args.json, colour=colour)
+        if args.action == "step" and decision.action.value == "rollback":
+            code = FAILED
+    except FlagAdminError as error:
+        err.write(f"cachegate rollout {args.action}: {error}\n")
+        return FAILED
+    finally:
+        close()
+    return code
+
+
+def _controller(
+    plan: Plan,
+    *,
+    prometheus: str | None,
+    unleash_url: str,
+    project: str,
+    environment: str,
+    dry_run: bool = False,
+    interval: float | None = None,
+) -> tuple[Controller, Callable[[], None]]:
+    """The controller over Prometheus and Unleash, and how to close its connections."""
+    from cachegate.autopilot.controller import Controller
+    from cachegate.autopilot.prometheus import PrometheusReader
+    from cachegate.autopilot.unleash import UnleashStages
+
+    reader = PrometheusReader(prometheus or "http://127.0.0.1:9090")
+    stages = UnleashStages(unleash_url, _admin_token(), project=project, environment=environment)
+    if interval is not None:
+        plan = replace(plan, interval=interval)
+    return Controller(plan, reader, stages, dry_run=dry_run), reader.close
+
+
+def _autopilot_metrics(args: argparse.Namespace, plan: Plan) -> AutopilotMetrics | None:
+    if not args.metrics_port:
+        return None
+    from prometheus_client import start_http_server
+
+    from cachegate.autopilot.telemetry import default_autopilot_metrics
+
+    metrics = default_autopilot_metrics(plan.names)
+    start_http_server(args.metrics_port, addr=args.metrics_host)
+    return metrics
+
+
+def _print_decision(decision: Decision, *, as_json: bool, colour: bool) -> None:
+    from cachegate.autopilot import report
+
+    if as_json:
+        sys.stdout.write(report.render_json([decision]))
+    else:
+        sys.stdout.write(report.render_decision(decision, colour=colour))
+    sys.stdout.flush()
+
+
+def _run(
+    controller: Controller,
+    args: argparse.Namespace,
+    metrics: AutopilotMetrics | None,
+    *,
+    colour: bool,
+) -> int:
+    """Step every interval until the last stage (0), a rollback (1) or `--timeout` (1)."""
+    import time
+
+    deadline = None if args.timeout is None else time.monotonic() + args.timeout
+    while True:
+        decision = controller.step()
+        if metrics is not None:
+            metrics.record(decision)
+        _print_decision(decision, as_json=args.json, colour=colour)
+        if decision.action.value == "complete":
+            return OK
+        if decision.action.value == "rollback":
+            return FAILED
+        if deadline is not None and time.monotonic() >= deadline:
+            return FAILED
+        time.sleep(controller.plan.interval)
+
+
+def _rollout_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """The `rollout` subcommands and their options."""
+    top = commands.add_parser(
+        "rollout", help="the autopilot: advance, hold or roll back the stages by measured gates"
+    )
+    actions = top.add_subparsers(dest="action", required=True, metavar="ACTION")
+    helps = {
+        "status": "the current stage and every gate's figure, bound and verdict (changes nothing)",
+        "plan": "print the rollout plan",
+        "step": "evaluate once and act: advance, hold or roll back",
+        "run": "step every interval until the last stage or a rollback",
+        "rollback": "go to the stage before (the last good one), or pull the kill switch",
+    }
+    for action, text in helps.items():
+        sub = actions.add_parser(action, help=text)
+        sub.add_argument("--plan", help="the plan file (default flags/rollout-plan.toml)")
+        sub.set_defaults(handler=rollout)
+        if action == "plan":
+            continue
+        if action != "rollback":
+            sub.add_argument("--prometheus", required=True, help="Prometheus server root URL")
+        sub.add_argument(
+            "--unleash-url", required=True, help=f"Unleash server (token: ${ADMIN_TOKEN_ENV})"
+        )
+        sub.add_argument("--project", default="default")
+        sub.add_argument("--environment", default="development")
+        sub.add_argument("--json", action="store_true", help="one JSON document per decision")
+        sub.add_argument(
+            "--dry-run", action="store_true", help="evaluate and report; never touch Unleash"
+        )
+        sub.add_argument("--interval", type=_non_negative, help="seconds between steps (run)")
+        sub.add_argument("--timeout", type=_non_negative, help="give up after this long (run)")
+        sub.add_argument(
+            "--metrics-port", type=int, help="serve the autopilot's metrics on this port (run)"
+        )
+        sub.add_argument("--metrics-host", default="127.0.0.1")
+        if action == "rollback":
+            sub.add_argument(
+                "--kill-switch", action="store_true", help="pull the kill switch instead"
+            )
+            sub.set_defaults(prometheus=None)
+        else:
+            sub.set_defaults(kill_switch=False)
+
+
 # --- the parser ----------------------------------------------------------------------------------
 
 
@@ -248,6 +464,12 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--workspaces", type=_positive_int, default=catalog.workspaces)
     run.add_argument("--clients", type=_positive_int, default=catalog.clients)
     run.add_argument("--access-log", action="store_true", help="log every request (paths only)")
+    run.add_argument(
+        "--stale-writes",
+        type=_ratio,
+        default=0.0,
+        help="inject staleness: skip the invalidation of this share of writes (default 0)",
+    )
     run.set_defaults(handler=serve)
 
     rep = commands.add_parser(
@@ -295,6 +517,17 @@ def parser() -> argparse.ArgumentParser:
         "from live flags after moving them; the replay fails after that (default 60)",
     )
     rep.add_argument("--quiet", action="store_true", help="no progress line")
+    rep.add_argument(
+        "--autopilot",
+        action="store_true",
+        help="let the rollout autopilot move the stages (needs --prometheus, --unleash-url): "
+        "rounds of load at its stage, one step after each",
+    )
+    rep.add_argument("--prometheus", help="Prometheus scraping the target (--autopilot)")
+    rep.add_argument("--plan", help="rollout plan file (--autopilot; default flags/)")
+    rep.add_argument(
+        "--rounds", type=_positive_int, default=30, help="at most this many (--autopilot)"
+    )
     rep.set_defaults(handler=replay)
 
     flags = commands.add_parser("flags", help="move or show the flags on an Unleash server")
@@ -311,6 +544,7 @@ def parser() -> argparse.ArgumentParser:
     show.add_argument("--unleash-url", required=True)
     show.add_argument("--project", default="default")
     show.set_defaults(handler=flags_show)
+    _rollout_parser(commands)
     return top
 
 

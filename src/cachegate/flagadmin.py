@@ -11,21 +11,59 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlencode
 
 import httpx
 
-from cachegate.flags import FLAGS, STICKINESS_FIELD, nearest_stage, stage_path
+from cachegate.flags import (
+    FLAG_KILL_SWITCH,
+    FLAGS,
+    STICKINESS_FIELD,
+    nearest_stage,
+    stage_path,
+    stages,
+)
 
-__all__ = ["FlagAdminError", "apply_stage", "show_flags"]
+__all__ = [
+    "FlagAdminError",
+    "ServerStage",
+    "apply_stage",
+    "read_stage",
+    "set_kill_switch",
+    "show_flags",
+]
 
 _TIMEOUT = 10.0
 
 
 class FlagAdminError(RuntimeError):
     """The Unleash admin API could not be reached or refused a change."""
+
+
+@dataclass(frozen=True, slots=True)
+class ServerStage:
+    """What one environment of the server holds: the stage its flags match (None: no stage
+    file, e.g. changed by hand; the kill switch is ignored for matching when it is on), whether
+    the kill switch is on, and the unix time of the last change to a CacheGate flag there."""
+
+    stage: str | None
+    kill_switch: bool
+    changed_at: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class _Change:
+    """One admin API call that changes one flag."""
+
+    flag: str
+    method: str
+    path: str
+    body: Any = None
+    switch: bool = False
 
 
 def apply_stage(
@@ -35,27 +73,80 @@ def apply_stage(
     *,
     project: str = "default",
     environment: str = "development",
+    transport: httpx.BaseTransport | None = None,
 ) -> None:
     """Move the CacheGate flags of `project`/`environment` to `stage`, creating what is missing.
 
-    Order limits what clients can observe half-way: flags the stage turns off are turned off
-    first, then strategies are set, then flags are turned on (shadow before serve).
+    Clients never see a mix of two stages. One change (one flag switched, or one strategy edited)
+    is applied as it is: Unleash changes it at once. Several are bracketed by the kill switch:
+    its strategy is made the file's while it is off (invisible), it is turned on (every layer
+    off), the other flags are changed behind it, and it is turned off again last unless the stage
+    keeps it on. A client polling meanwhile sees the old stage, all off, then the new stage.
+    `transport` replaces httpx's (tests observe the server after every call with it).
     Raises `UnknownStageError` for an unknown stage and `FlagAdminError` on HTTP failures.
     """
     features = _stage_features(stage_path(stage))
-    with _admin(unleash_url, admin_token) as admin:
+    with _admin(unleash_url, admin_token, transport) as admin:
         _ensure_context_field(admin)
         for feature in features:
             _ensure_feature(admin, project, feature)
         states = {f["name"]: _environment(admin, project, f["name"], environment) for f in features}
-        for feature in features:
-            if not feature["enabled"] and states[feature["name"]]["enabled"]:
-                _switch(admin, project, feature["name"], environment, on=False)
-        for feature in features:
-            _sync_strategies(admin, project, environment, feature, states[feature["name"]])
-        for feature in features:
-            if feature["enabled"] and not states[feature["name"]]["enabled"]:
-                _switch(admin, project, feature["name"], environment, on=True)
+        changes = _changes(project, environment, features, states)
+        for change in _atomic_order(changes, states, features, project, environment):
+            _request(admin, change.method, change.path, change.body)
+
+
+def read_stage(
+    unleash_url: str,
+    admin_token: str,
+    *,
+    project: str = "default",
+    environment: str = "development",
+) -> ServerStage:
+    """Which stage the server's flags match in `environment`, whether the kill switch is on, and
+    when a CacheGate flag last changed there (from Unleash's event log)."""
+    with _admin(unleash_url, admin_token) as admin:
+        flags: dict[str, Mapping[str, Any]] = {}
+        for name in FLAGS:
+            feature = _get(admin, _feature_path(project, name), missing_ok=True)
+            if feature is None:
+                continue
+            for env in feature.get("environments", []):
+                if env.get("name") == environment:
+                    flags[name] = env
+        events = _get(
+            admin,
+            "/search/events?"
+            + urlencode(
+                {
+                    "feature": "IS_ANY_OF:" + ",".join(FLAGS),
+                    "environment": f"IS:{environment}",
+                    "limit": "1",
+                }
+            ),
+        )
+    killed = bool(flags.get(FLAG_KILL_SWITCH, {}).get("enabled"))
+    changed_at = None
+    if isinstance(events, dict) and events.get("events"):
+        changed_at = _timestamp(events["events"][0].get("createdAt"))
+    return ServerStage(
+        stage=_matching_stage(flags, ignore_kill_switch=killed),
+        kill_switch=killed,
+        changed_at=changed_at,
+    )
+
+
+def set_kill_switch(
+    unleash_url: str,
+    admin_token: str,
+    *,
+    on: bool,
+    project: str = "default",
+    environment: str = "development",
+) -> None:
+    """Turn the kill switch on (every layer off for everyone) or off: one change, at once."""
+    with _admin(unleash_url, admin_token) as admin:
+        _switch(admin, project, FLAG_KILL_SWITCH, environment, on=on)
 
 
 def show_flags(unleash_url: str, admin_token: str, *, project: str = "default") -> str:
@@ -105,14 +196,18 @@ def _base_url(unleash_url: str) -> str:
 
 
 @contextmanager
-def _admin(unleash_url: str, admin_token: str) -> Iterator[httpx.Client]:
+def _admin(
+    unleash_url: str, admin_token: str, transport: httpx.BaseTransport | None = None
+) -> Iterator[httpx.Client]:
     if not admin_token:
         raise FlagAdminError(
             "no admin token: set UNLEASH_ADMIN_TOKEN to an Unleash admin API token"
         )
     headers = {"Authorization": admin_token, "Accept": "application/json"}
     base = _base_url(unleash_url) + "/api/admin"
-    with httpx.Client(base_url=base, headers=headers, timeout=_TIMEOUT) as client:
+    with httpx.Client(
+        base_url=base, headers=headers, timeout=_TIMEOUT, transport=transport
+    ) as client:
         yield client
 
 
@@ -217,8 +312,8 @@ def _environment(admin: httpx.Client, project: str, name: str, environment: str)
 
 
 def _switch(admin: httpx.Client, project: str, name: str, environment: str, *, on: bool) -> None:
-    action = "on" if on else "off"
-    _request(admin, "POST", f"{_environment_path(project, name, environment)}/{action}")
+    change = _switch_change(project, name, environment, on=on)
+    _request(admin, change.method, change.path)
 
 
 def _normal(strategy: Mapping[str, Any]) -> tuple[str, str, str, bool]:
@@ -243,26 +338,86 @@ def _strategy_body(strategy: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
-def _sync_strategies(
-    admin: httpx.Client,
+def _strategy_changes(
     project: str,
     environment: str,
     feature: Mapping[str, Any],
     state: Mapping[str, Any],
-) -> None:
-    """Make the environment's strategies equal to the file's, updating in place where possible."""
-    path = f"{_environment_path(project, feature['name'], environment)}/strategies"
+) -> list[_Change]:
+    """The calls that make the environment's strategies equal to the file's, in place where
+    possible."""
+    name = feature["name"]
+    path = f"{_environment_path(project, name, environment)}/strategies"
     wanted: Sequence[Mapping[str, Any]] = feature.get("strategies") or []
     existing: Sequence[Mapping[str, Any]] = state.get("strategies") or []
+    changes: list[_Change] = []
     for index, strategy in enumerate(wanted):
         if index < len(existing):
             if _normal(existing[index]) != _normal(strategy):
                 strategy_id = quote(str(existing[index]["id"]))
-                _request(admin, "PUT", f"{path}/{strategy_id}", _strategy_body(strategy))
+                changes.append(
+                    _Change(name, "PUT", f"{path}/{strategy_id}", _strategy_body(strategy))
+                )
         else:
-            _request(admin, "POST", path, _strategy_body(strategy))
+            changes.append(_Change(name, "POST", path, _strategy_body(strategy)))
     for extra in existing[len(wanted) :]:
-        _request(admin, "DELETE", f"{path}/{quote(str(extra['id']))}")
+        changes.append(_Change(name, "DELETE", f"{path}/{quote(str(extra['id']))}"))
+    return changes
+
+
+def _switch_change(project: str, name: str, environment: str, *, on: bool) -> _Change:
+    action = "on" if on else "off"
+    return _Change(
+        name, "POST", f"{_environment_path(project, name, environment)}/{action}", switch=True
+    )
+
+
+def _changes(
+    project: str,
+    environment: str,
+    features: Sequence[Mapping[str, Any]],
+    states: Mapping[str, Mapping[str, Any]],
+) -> list[_Change]:
+    """Every call from `states` to the stage's `features`: switches off, strategies, switches on."""
+    changes: list[_Change] = []
+    for feature in features:
+        if not feature["enabled"] and states[feature["name"]]["enabled"]:
+            changes.append(_switch_change(project, feature["name"], environment, on=False))
+    for feature in features:
+        changes.extend(_strategy_changes(project, environment, feature, states[feature["name"]]))
+    for feature in features:
+        if feature["enabled"] and not states[feature["name"]]["enabled"]:
+            changes.append(_switch_change(project, feature["name"], environment, on=True))
+    return changes
+
+
+def _atomic_order(
+    changes: Sequence[_Change],
+    states: Mapping[str, Mapping[str, Any]],
+    features: Sequence[Mapping[str, Any]],
+    project: str,
+    environment: str,
+) -> list[_Change]:
+    """`changes` ordered so that clients never see a mix of two stages (see `apply_stage`)."""
+    if len(changes) <= 1:
+        return list(changes)
+    kill = [c for c in changes if c.flag == FLAG_KILL_SWITCH]
+    others = [c for c in changes if c.flag != FLAG_KILL_SWITCH]
+    kill_strategies = [c for c in kill if not c.switch]
+    if not others:
+        return kill_strategies + [c for c in kill if c.switch]
+    kill_on = bool(states[FLAG_KILL_SWITCH]["enabled"])
+    target_on = bool(next(f for f in features if f["name"] == FLAG_KILL_SWITCH)["enabled"])
+    ordered: list[_Change] = []
+    if not kill_on:
+        ordered += kill_strategies
+        ordered.append(_switch_change(project, FLAG_KILL_SWITCH, environment, on=True))
+    ordered += others
+    if kill_on:
+        ordered += kill_strategies
+    if not target_on:
+        ordered.append(_switch_change(project, FLAG_KILL_SWITCH, environment, on=False))
+    return ordered
 
 
 # --- showing -----------------------------------------------------------------------------------
@@ -282,6 +437,40 @@ def _describe(strategy: Mapping[str, Any]) -> str:
     if strategy.get("disabled"):
         text += " (disabled)"
     return text
+
+
+def _matching_stage(
+    flags: Mapping[str, Mapping[str, Any]], *, ignore_kill_switch: bool = False
+) -> str | None:
+    """The first stage file whose flags equal `flags` (one environment's state), if any;
+    with `ignore_kill_switch`, the kill switch's on/off state is left out of the comparison."""
+    for name in stages():
+        try:
+            wanted = _stage_features(stage_path(name))
+        except (FlagAdminError, ValueError, OSError):
+            continue
+        if all(
+            f["name"] in flags
+            and (
+                (ignore_kill_switch and f["name"] == FLAG_KILL_SWITCH)
+                or bool(flags[f["name"]].get("enabled")) == bool(f["enabled"])
+            )
+            and [_normal(s) for s in flags[f["name"]].get("strategies", [])]
+            == [_normal(s) for s in f.get("strategies") or []]
+            for f in wanted
+        ):
+            return name
+    return None
+
+
+def _timestamp(text: Any) -> float | None:
+    """Unix time of an ISO 8601 timestamp from Unleash, None if there is none."""
+    if not isinstance(text, str):
+        return None
+    try:
+        return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return None
 
 
 def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:

@@ -119,6 +119,8 @@ STAGES = ("off", "dark-launch", "l2", "l1-10", "l1-50", "l1-100")
 FLAGS_DIR_ENV = "CACHEGATE_FLAGS_DIR"
 STAGE_ENV = "CACHEGATE_STAGE"
 DEFAULT_STAGE = "off"
+DEFAULT_REFRESH_INTERVAL = 1
+"""Seconds between the SDK's polls: a kill switch takes effect within about this long."""
 
 _REPO_FLAGS_DIR = Path(__file__).resolve().parents[2] / "flags"
 _PACKAGED_FLAGS_DIR = Path(__file__).resolve().parent / "stages"
@@ -579,13 +581,17 @@ class OfflineFlags:
 
 @dataclass(frozen=True, slots=True)
 class UnleashSettings:
-    """How to reach an Unleash server (the client API, with a backend/client token)."""
+    """How to reach an Unleash server (the client API, with a backend/client token).
+
+    `refresh_interval` defaults to 1 s so that a kill switch or an autopilot rollback stops hits
+    within 2 s (`make bench` measures it); a poll of unchanged flags is a 304 (ETag).
+    """
 
     url: str
     api_token: str
     app_name: str = "cachegate"
     environment: str = "default"
-    refresh_interval: int = 15
+    refresh_interval: int = DEFAULT_REFRESH_INTERVAL
     request_timeout: int = 5
     instance_id: str = ""
     disable_metrics: bool = False
@@ -599,7 +605,7 @@ class UnleashSettings:
         token = env.get("UNLEASH_API_TOKEN", "")
         if not url or not token:
             raise ValueError("UNLEASH_URL and UNLEASH_API_TOKEN must both be set to use Unleash")
-        refresh = env.get("UNLEASH_REFRESH_INTERVAL", "15")
+        refresh = env.get("UNLEASH_REFRESH_INTERVAL", str(DEFAULT_REFRESH_INTERVAL))
         try:
             refresh_interval = int(refresh)
         except ValueError:

@@ -632,6 +632,40 @@ async def replay(
         return await Replay(config, client, switcher(client), progress=progress).run()
 
 
+class _Held:
+    """The switcher of autopilot mode: the autopilot owns the flags, the replay only loads."""
+
+    async def switch(self, stage: str) -> None:
+        """Nothing: the stage is whatever the autopilot holds."""
+
+
+async def replay_autopilot(
+    config: ReplayConfig,
+    *,
+    current: Callable[[], str | None],
+    step: Callable[[], bool],
+    rounds: int,
+    progress: Progress | None = None,
+    transport: httpx.AsyncBaseTransport | None = None,
+) -> list[StageResult]:
+    """Autopilot mode: load the target at the stage Unleash holds (`current`, read in a thread),
+    measure it as one round, then let the autopilot take one step (`step`, in a thread; True
+    ends the run: last stage or rollback). At most `rounds` rounds; a result per round."""
+    url = check_loopback(config.url)
+    limits = httpx.Limits(max_connections=config.concurrency + 2)
+    async with httpx.AsyncClient(
+        base_url=url, timeout=config.timeout, limits=limits, transport=transport
+    ) as client:
+        runner = Replay(config, client, _Held(), progress=progress)
+        results = []
+        for number in range(1, rounds + 1):
+            stage = await asyncio.to_thread(current) or "unknown"
+            results.append(await runner.run_stage(stage, f"[{number}]"))
+            if await asyncio.to_thread(step):
+                break
+        return results
+
+
 # --- reports -------------------------------------------------------------------------------------
 
 

@@ -11,6 +11,7 @@ in every store key; the same in every process).
 from __future__ import annotations
 
 import os
+import random
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -18,7 +19,14 @@ from prometheus_client import REGISTRY, CollectorRegistry
 from starlette.applications import Starlette
 
 from cachegate.demo import DEFAULT_EMBED_LATENCY, DEFAULT_LATENCY, DEFAULT_STAGE
-from cachegate.demo.app import Notes, create_app, demo_metrics, policies, write_rules
+from cachegate.demo.app import (
+    TENANT_HEADER,
+    Notes,
+    create_app,
+    demo_metrics,
+    policies,
+    write_rules,
+)
 from cachegate.demo.embedder import MeteredClient, embed_client
 from cachegate.demo.stages import StageControl
 from cachegate.embeddings import CachedEmbedder
@@ -27,6 +35,7 @@ from cachegate.flagstate import FlagStateFile, Source
 from cachegate.gate import CacheGate
 from cachegate.keys import Normalization
 from cachegate.metrics import Metrics, default_metrics
+from cachegate.policy import Extractor, RequestView, header
 from cachegate.store.base import Store
 from cachegate.store.memory import MemoryStore
 from cachegate.store.redis import RedisStore
@@ -45,10 +54,17 @@ class DemoConfig:
     namespace: str = "cachegate"
     noise_sample_rate: float = 0.01
     """Share of shadow requests computed twice to measure the noise baseline."""
+    stale_writes: float = 0.0
+    """Share of session writes whose invalidation is skipped: injected staleness, to show the
+    rollout autopilot catching it. 0 (the default) in any real use."""
+    seed: int | None = None
+    """Seed of the stale-write draw (None: unseeded)."""
 
     def __post_init__(self) -> None:
         if self.latency < 0 or self.embed_latency < 0:
             raise ValueError("latencies must not be negative")
+        if not 0.0 <= self.stale_writes <= 1.0:
+            raise ValueError("stale_writes must be between 0 and 1")
 
 
 @dataclass
@@ -82,7 +98,7 @@ def build_demo(
     secret = env.get("CACHEGATE_KEY_SECRET")
     gate = CacheGate(
         policies=policies(),
-        write_rules=write_rules(),
+        write_rules=write_rules(tenant=_forgetful(config.stale_writes, config.seed)),
         store=store,
         rollout=stages.rollout,
         namespace=config.namespace,
@@ -126,6 +142,20 @@ def build_demo(
         ),
     }
     return Demo(app=app, gate=gate, stages=stages, embedder=embedder, parts=parts)
+
+
+def _forgetful(share: float, seed: int | None) -> Extractor | None:
+    """The write rules' tenant, lost for `share` of the writes (no tenant: no invalidation, and
+    the cached answers of that client go stale); None (the normal extractor) when `share` is 0."""
+    if share <= 0.0:
+        return None
+    tenant = header(TENANT_HEADER)
+    draw = random.Random(seed).random
+
+    def extract(request: RequestView) -> object:
+        return None if draw() < share else tenant(request)
+
+    return extract
 
 
 def _stages(stage: str | None, env: Mapping[str, str], metrics: Metrics) -> StageControl:
