@@ -23,6 +23,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
 
+from cachegate.comparators import Outcome
 from cachegate.embeddings import (
     DEFAULT_THRESHOLD,
     MAX_TEXTS_PER_CALL,
@@ -36,7 +37,6 @@ from cachegate.embeddings.cohere import response
 from cachegate.keys import Normalization
 from cachegate.metrics import Metrics
 from cachegate.rollout import Decision, Mode, using_decision
-from cachegate.shadow import Outcome
 from cachegate.store import MemoryStore, RedisStore, Store
 from cachegate.vectors import (
     FLOAT16_COSINE_LOSS_BOUND,

@@ -1,5 +1,11 @@
 """CacheGate: a cache in front of expensive AI work, rolled out safely with feature flags."""
 
+from cachegate.comparators import (
+    ExactComparator,
+    JsonComparator,
+    SimilarityComparator,
+    TextComparator,
+)
 from cachegate.gate import CacheGate
 from cachegate.keys import Normalization, Scope
 from cachegate.metrics import Metrics
@@ -19,12 +25,6 @@ from cachegate.policy import (
     trusted_header,
 )
 from cachegate.rollout import Decision, Mode, StaticRollout, current_decision
-from cachegate.shadow import (
-    ExactComparator,
-    JsonComparator,
-    SimilarityComparator,
-    TextComparator,
-)
 from cachegate.store import MemoryStore, RedisStore
 
 __version__ = "0.1.0"

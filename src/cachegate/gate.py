@@ -7,13 +7,13 @@ import random
 from collections.abc import Callable, Coroutine, Iterable
 from typing import Any
 
+from cachegate.comparators import MismatchLog
 from cachegate.invalidation import Invalidator
 from cachegate.keys import KeySpace, Scope
 from cachegate.metrics import Metrics, RouteMetrics, default_metrics
 from cachegate.policy import Policy, Router, WriteRule
 from cachegate.results import ResultCache
 from cachegate.rollout import Rollout, StaticRollout
-from cachegate.shadow import MismatchLog
 from cachegate.singleflight import SingleFlight
 from cachegate.store.base import Store, digest_secret_of
 from cachegate.store.codec import Entry

@@ -16,6 +16,7 @@ from typing import Any
 
 from cachegate import tracing
 from cachegate.body import Receive, RequestBody, read_body
+from cachegate.comparators import Outcome, compare
 from cachegate.gate import CacheGate
 from cachegate.keys import Scope
 from cachegate.policy import (
@@ -41,7 +42,6 @@ from cachegate.responses import (
 )
 from cachegate.results import LAYER, Found, RequestFacts
 from cachegate.rollout import OFF, Decision, Mode, enter_decision, exit_decision
-from cachegate.shadow import Outcome, compare
 from cachegate.store.codec import Entry, StreamEntry
 from cachegate.tee import LeaderFailed, LiveStream, Publisher, Resume, StreamDiverged
 

@@ -19,8 +19,8 @@ from enum import StrEnum
 from typing import Any, ClassVar
 from urllib.parse import parse_qsl
 
+from cachegate.comparators import Comparator, ExactComparator
 from cachegate.keys import Normalization
-from cachegate.shadow import Comparator, ExactComparator
 
 Headers = list[tuple[bytes, bytes]]
 

@@ -36,6 +36,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from cachegate.comparators import JsonComparator
 from cachegate.demo.chat import CHAT_ROUTE, Question, chat_policy, completion, events, parse
 from cachegate.demo.embedder import LOCAL_MODEL, LocalEmbedder, MeteredClient
 from cachegate.demo.stages import StageControl, StageSwitchRefused
@@ -46,7 +47,6 @@ from cachegate.keys import Normalization, normalize_text
 from cachegate.metrics import exposition
 from cachegate.middleware import CacheGateMiddleware
 from cachegate.policy import Extractor, Policy, WriteRule, body_field, header, trusted_header
-from cachegate.shadow import JsonComparator
 from cachegate.workload import Catalog
 
 TENANT_HEADER = "X-Workspace-ID"

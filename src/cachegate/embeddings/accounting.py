@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
+from cachegate.comparators import Outcome
 from cachegate.metrics import Metrics
-from cachegate.shadow import Outcome
 from cachegate.vocabulary import BypassReason, ComparisonKind, Layer
 
 

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from cachegate.comparators import Outcome
 from cachegate.embeddings.config import Storage
-from cachegate.shadow import Outcome
 from cachegate.vectors import (
     CorruptVector,
     DType,

@@ -1,4 +1,5 @@
-"""Comparing cached (candidate) answers with fresh (control) ones, as github/scientist does.
+"""Comparing cached (candidate) answers with fresh (control) ones: outcomes, comparators and
+the capped mismatch log, in github/scientist's vocabulary.
 
 Comparators decide `match` or `mismatch`; anything they raise is an `error`, never a failed
 request. Mismatches are kept in a capped log without content: digests, lengths and the JSON
