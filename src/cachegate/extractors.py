@@ -1,0 +1,285 @@
+"""Extractors: how a request's tenant, subject and key material are read, exactly as the app
+reads them or not at all.
+
+Extractors are plain functions of a `RequestView`. The helpers `authenticated`,
+`trusted_header`, `header`, `path_param`, `query_param` and `body_field` cover the common
+cases; any callable works. A hit is served before the app runs, so a value that occurs twice,
+an empty string, a value of the wrong type or a JSON body that is not an object is never
+guessed at (`BadRequest`, counted by reason).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import Any, ClassVar
+from urllib.parse import parse_qsl
+
+Headers = list[tuple[bytes, bytes]]
+
+
+class BadRequest(Exception):
+    """The request cannot be keyed; it passes through uncached with `reason` counted."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class Ambiguous(BadRequest):
+    """A query parameter or header the cache reads occurs more than once.
+
+    Frameworks disagree on which occurrence counts (Starlette's query params take the last, its
+    headers the first), so the cache never picks one. `values` are every occurrence, so a write
+    can invalidate all the scopes it might have touched.
+    """
+
+    def __init__(self, values: Sequence[str]) -> None:
+        super().__init__("ambiguous_value")
+        self.values = tuple(values)
+
+
+class RequestView:
+    """What extractors see of a request: method, path, parameters, headers, the read body, and
+    the ASGI scope (for what an authentication middleware outside CacheGate put there)."""
+
+    __slots__ = (
+        "_json",
+        "body",
+        "headers",
+        "method",
+        "path",
+        "path_params",
+        "query_string",
+        "scope",
+    )
+
+    _UNPARSED: Any = object()
+
+    def __init__(
+        self,
+        *,
+        method: str,
+        path: str,
+        path_params: Mapping[str, str],
+        headers: Headers,
+        query_string: bytes,
+        body: bytes,
+        scope: Mapping[str, Any] | None = None,
+    ) -> None:
+        self.method = method
+        self.path = path
+        self.path_params = path_params
+        self.headers = headers
+        self.query_string = query_string
+        self.body = body
+        self.scope: Mapping[str, Any] = {} if scope is None else scope
+        self._json: Any = self._UNPARSED
+
+    def header(self, name: str) -> str | None:
+        """Header `name` (case-insensitive, Latin-1); `Ambiguous` if it occurs more than once."""
+        wanted = name.lower().encode("latin-1")
+        values = [value.decode("latin-1") for key, value in self.headers if key.lower() == wanted]
+        if len(values) > 1:
+            raise Ambiguous(values)
+        return values[0] if values else None
+
+    def query(self, name: str) -> str | None:
+        """Query parameter `name`; `Ambiguous` if it occurs more than once."""
+        values = [
+            value
+            for key, value in parse_qsl(self.query_string.decode("latin-1"), keep_blank_values=True)
+            if key == name
+        ]
+        if len(values) > 1:
+            raise Ambiguous(values)
+        return values[0] if values else None
+
+    def json(self) -> Any:
+        """The body parsed as UTF-8 JSON, once; `BadRequest` if it is not JSON.
+
+        Like FastAPI, a body is JSON only without a `Content-Type` or with `application/json`
+        or `application/*+json`: a `text/plain` body the app would refuse is never keyed.
+        """
+        if self._json is self._UNPARSED:
+            if not _json_content_type(self.header("content-type")):
+                raise BadRequest("not_json")
+            try:
+                text = self.body.decode("utf-8")
+            except UnicodeDecodeError as error:
+                raise BadRequest("invalid_utf8") from error
+            try:
+                self._json = json.loads(text)
+            except (ValueError, RecursionError) as error:
+                raise BadRequest("invalid_json") from error
+        return self._json
+
+
+def _json_content_type(value: str | None) -> bool:
+    if value is None:
+        return True
+    media = value.split(";", 1)[0].strip().lower()
+    main, _, sub = media.partition("/")
+    return main == "application" and (sub == "json" or sub.endswith("+json"))
+
+
+Extractor = Callable[[RequestView], object]
+"""Returns a value of the request, or None when the request does not have it."""
+
+Guard = Callable[[RequestView], "bool | Awaitable[bool]"]
+"""Whether the app would accept the request as it is (auth, validation); False means bypass."""
+
+
+class ClientValue:
+    """An extractor of a value the client chooses (a header, query or path parameter, a body
+    field). Fine as key material or subject; as a tenant only with a `Policy.guard`."""
+
+    __slots__ = ("name",)
+    helper: ClassVar[str] = ""
+    """The name of the function that makes it, for messages."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __call__(self, request: RequestView) -> object:
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return f"{self.helper}({self.name!r})"
+
+
+class _Header(ClientValue):
+    __slots__ = ()
+    helper = "header"
+
+    def __call__(self, request: RequestView) -> str | None:
+        return request.header(self.name)
+
+
+class _Query(ClientValue):
+    __slots__ = ()
+    helper = "query_param"
+
+    def __call__(self, request: RequestView) -> str | None:
+        return request.query(self.name)
+
+
+class _PathParam(ClientValue):
+    __slots__ = ()
+    helper = "path_param"
+
+    def __call__(self, request: RequestView) -> str | None:
+        return request.path_params.get(self.name)
+
+
+class _BodyField(ClientValue):
+    __slots__ = ("_parts",)
+    helper = "body_field"
+
+    def __init__(self, name: str) -> None:
+        super().__init__(name)
+        self._parts = tuple(name.split("."))
+
+    def __call__(self, request: RequestView) -> object:
+        document = request.json()
+        if not isinstance(document, dict):
+            raise BadRequest("body_not_object")
+        return field_at(document, self._parts)
+
+
+def header(name: str) -> Extractor:
+    """The value of a request header, as the client sent it.
+
+    A raw client header is not an identity, so a `Policy` refuses it as its tenant without a
+    guard: use `authenticated`, or `trusted_header` when a trusted proxy sets the header.
+    """
+    return _Header(name)
+
+
+def query_param(name: str) -> Extractor:
+    """A query-string parameter."""
+    return _Query(name)
+
+
+def path_param(name: str) -> Extractor:
+    """A path parameter of the route template (e.g. `session_id` of `/sessions/{session_id}`)."""
+    return _PathParam(name)
+
+
+def body_field(path: str) -> Extractor:
+    """A field of the JSON body; dots descend into objects (`"filters.client"`)."""
+    return _BodyField(path)
+
+
+def trusted_header(name: str) -> Extractor:
+    """A header a trusted proxy in front of the app sets, overwriting what the client sent."""
+    return lambda request: request.header(name)
+
+
+def authenticated(attribute: str) -> Extractor:
+    """An attribute of the verified user (`scope["user"]`, set by Starlette's
+    `AuthenticationMiddleware` placed *outside* CacheGate). An unauthenticated request has no
+    value (it bypasses); a request with no authentication middleware before it bypasses too."""
+
+    def extract(request: RequestView) -> object:
+        if "user" not in request.scope:
+            raise BadRequest("no_authentication")
+        user = request.scope["user"]
+        if not getattr(user, "is_authenticated", False):
+            return None
+        return getattr(user, attribute)
+
+    return extract
+
+
+def field_at(document: object, parts: Sequence[str]) -> object:
+    """The value at a path of keys in a JSON document; None where a key is missing.
+
+    `BadRequest("body_not_object")` where the path runs into something that is not an object
+    (a body `[1, 2]` or `"text"` never reads like a body without the field).
+    """
+    value = document
+    for part in parts:
+        if value is None:
+            return None
+        if not isinstance(value, dict):
+            raise BadRequest("body_not_object")
+        value = value.get(part)
+    return value
+
+
+_INTEGER = re.compile(r"-?[0-9]+")
+
+
+def as_int(extractor: Extractor) -> Extractor:
+    """A coercion for an integer id (a FastAPI `client_id: int`): JSON `1` and `"01"` are one
+    value, `"1"`. Anything else with a value (`"1.0"`, `true`, `" 1"`) bypasses."""
+
+    def extract(request: RequestView) -> object:
+        value = extractor(request)
+        if value is None:
+            return None
+        if isinstance(value, int) and not isinstance(value, bool):
+            return str(value)
+        if isinstance(value, str) and _INTEGER.fullmatch(value):
+            return str(int(value))
+        raise BadRequest("invalid_value")
+
+    return extract
+
+
+def scope_text(value: object) -> str | None:
+    """A tenant or subject as text: a non-empty string; None when absent (None).
+
+    Anything else is ambiguous and raises `BadRequest`: an empty string is not "absent"
+    (`empty_value`), and a number or an object is not an id the app reads the same way
+    (`invalid_value`; map numbers with a coercion such as `as_int`).
+    """
+    if value is None:
+        return None
+    if isinstance(value, str):
+        if value:
+            return value
+        raise BadRequest("empty_value")
+    raise BadRequest("invalid_value")
