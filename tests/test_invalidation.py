@@ -17,6 +17,7 @@ from support.asgi import Message, drive
 from support.model import Model
 
 from cachegate import RequestView, Scope
+from cachegate.results import RequestFacts
 from cachegate.singleflight import SingleFlight
 from cachegate.store import MemoryStore, Store
 from cachegate.store.codec import Entry, decode_entry, encode_entry
@@ -337,6 +338,46 @@ def _valid(generations: tuple[int, ...]) -> bytes:
     return encode_entry(Entry(200, ((b"content-type", b"text/plain"),), b"planted", generations))
 
 
+async def stamped_generations(store: Store, facts: RequestFacts) -> tuple[int, ...]:
+    """The generations an entry of `facts` records now: its scope's counters and the epoch."""
+    counters = await store.generations(facts.generation_keys)
+    return (*counters, (await store.lookup(facts.key, facts.generation_keys)).epoch)
+
+
+@pytest.mark.parametrize(
+    "forged",
+    [
+        {"status": 999},
+        {"status": 42},
+        {"headers": ((b"x-evil", b"a\r\nSet-Cookie: sid=1"),)},
+        {"headers": ((b"x-evil", b"nul\x00byte"),)},
+        {"headers": ((b"bad name", b"v"),)},
+        {"headers": ((b"x-evil\r\n", b"v"),)},
+    ],
+)
+async def test_a_forged_entry_an_http_server_cannot_send_is_a_counted_miss(
+    build: Build, store: Store, forged: dict[str, object]
+) -> None:
+    """Valid format, current generations and epoch, but a status or header no HTTP server may
+    send: replayed, the client would get a broken connection; it must be a miss instead."""
+    h = build()
+    h.service.response_headers = {"cache-control": "no-store"}  # so nothing refills the key
+    facts = entry_key(h)
+    fields: dict[str, Any] = {
+        "status": 200,
+        "headers": ((b"content-type", b"text/plain"),),
+        "body": b"planted",
+        "generations": await stamped_generations(store, facts),
+        **forged,
+    }
+    await store.write(facts.key, encode_entry(Entry(**fields)), 60)
+    response = await h.ask()
+    assert response.status_code == 200
+    assert response.headers["x-cachegate"] == "miss"
+    assert b"planted" not in response.content
+    assert h.sample("cachegate_corrupt_entries_total", cache_layer="query_result") == 1
+
+
 @pytest.mark.parametrize("kind", ["foreign", "truncated", "padded", "other_version", "empty"])
 async def test_corrupt_entries_are_a_miss_are_deleted_and_counted(
     build: Build, store: Store, kind: str
@@ -368,9 +409,12 @@ async def test_a_planted_valid_entry_is_served_only_under_current_generations(
     """The control for the corrupt-entry test: the key and format are the middleware's own."""
     h = build()
     facts = entry_key(h)
-    generations = await store.generations(facts.generation_keys)
+    generations = await stamped_generations(store, facts)
     await store.write(facts.key, _valid(tuple(g - 1 for g in generations)), 60)
     assert (await h.ask()).headers["x-cachegate"] == "miss"  # older generations: not served
+    *counters, epoch = generations
+    await store.write(facts.key, _valid((*counters, epoch + 1)), 60)
+    assert (await h.ask()).headers["x-cachegate"] == "miss"  # another epoch: not served
     await store.write(facts.key, _valid(generations), 60)
     planted = await h.ask()
     assert planted.headers["x-cachegate"] == "hit"

@@ -33,17 +33,21 @@ async def test_lookup_returns_the_entry_and_generations_in_one_call(
     key, gens = entry_and_generations(namespace)
     created = await store.generations(gens)
     await store.write(key, b"\x00entry\xff", 30)
-    assert await store.lookup(key, gens) == Lookup(b"\x00entry\xff", created)
+    found = await store.lookup(key, gens)
+    assert (found.value, found.generations) == (b"\x00entry\xff", created)
+    assert found == Lookup(b"\x00entry\xff", created, found.epoch)
+    assert (await store.lookup(key, gens)).epoch == found.epoch  # same server, same epoch
 
 
 async def test_missing_generations_and_entries_read_as_zero_and_none(
     store: Store, namespace: str
 ) -> None:
     key, gens = entry_and_generations(namespace)
-    assert await store.lookup(key, gens) == Lookup(None, (MISSING_GENERATION,) * 2)
+    found = await store.lookup(key, gens)
+    assert (found.value, found.generations) == (None, (MISSING_GENERATION,) * 2)
     await store.write(key, b"v", 30)
-    assert await store.lookup(key, gens) == Lookup(b"v", (0, 0))
-    assert await store.lookup(key, ()) == Lookup(b"v", ())
+    assert (await store.lookup(key, gens)).generations == (0, 0)
+    assert (await store.lookup(key, ())).value == b"v"
 
 
 async def test_generations_start_random_nonzero_and_stay_put(store: Store, namespace: str) -> None:
