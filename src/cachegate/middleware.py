@@ -57,6 +57,8 @@ class CacheGateMiddleware:
 
     async def __call__(self, scope: Scope_, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
+            if scope["type"] == "lifespan":
+                receive = self._lifespan(receive)
             await self.app(scope, receive, send)
             return
         match = self._match(scope["method"], scope["path"])
@@ -67,6 +69,20 @@ class CacheGateMiddleware:
             await CacheResponder(self.app, self.gate, match.rule, match)(scope, receive, send)
         else:
             await WriteResponder(self.app, self.gate, match.rule, match)(scope, receive, send)
+
+    def _lifespan(self, receive: Receive) -> Receive:
+        """Start the gate (warm the store) at startup and retry pending invalidations at
+        shutdown, before the app sees either message."""
+
+        async def lifespan_receive() -> Message:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                await self.gate.start()
+            elif message["type"] == "lifespan.shutdown":
+                await self.gate.shutdown()
+            return message
+
+        return lifespan_receive
 
 
 def _view(scope: Scope_, match: Match, body: RequestBody) -> RequestView:
@@ -395,7 +411,8 @@ def _remember(scope: Scope_, decision: Decision) -> None:
 class WriteResponder:
     """Handles one request to a write route: the response is held until the invalidation is done.
 
-    So once a client has seen the write succeed, no answer computed before it is served.
+    So once a client has seen the write succeed, no answer computed before it is served. The
+    scope is invalidated again when the route's ASGI call returns, after its background work.
     """
 
     def __init__(self, app: ASGIApp, gate: CacheGate, rule: WriteRule, match: Match) -> None:
@@ -403,6 +420,8 @@ class WriteResponder:
         self.gate = gate
         self.rule = rule
         self.match = match
+        self.invalidated: Scope | None = None
+        """The cache scope the response named, kept for the repeat after background work."""
 
     async def __call__(self, scope: Scope_, receive: Receive, send: Send) -> None:
         body = await read_body(receive, self.gate.max_body_bytes)
@@ -424,18 +443,26 @@ class WriteResponder:
             await self.app(scope, body.replay(receive), held)
         finally:
             await held.release()
+            # The route's call returns after its background work (Starlette's BackgroundTasks
+            # run after the response is sent): an answer computed from the data as it was
+            # before that work finished may have been stored under the new generations.
+            await self._invalidate(tenant, subject, held, again=True)
 
-    async def _invalidate(self, tenant: str, subject: str | None, held: HeldResponse) -> None:
+    async def _invalidate(
+        self, tenant: str, subject: str | None, held: HeldResponse, *, again: bool = False
+    ) -> None:
         if 400 <= held.status < 500:
             return
-        if subject is None and self.rule.response_subject is not None:
-            subject = held.json_field(self.rule.response_subject)
-        scope = Scope(tenant, subject)
+        scope = self.invalidated
+        if scope is None:
+            if subject is None and self.rule.response_subject is not None:
+                subject = held.json_field(self.rule.response_subject)
+            scope = self.invalidated = Scope(tenant, subject)
         with tracing.tracer.start_as_current_span("cachegate.invalidate") as span:
             span.set_attributes(
                 {tracing.ROUTE: self.rule.route, "cachegate.reason": self.rule.reason}
             )
-            await self.gate.invalidator.invalidate(scope, self.rule.reason)
+            await self.gate.invalidator.invalidate(scope, self.rule.reason, counted=not again)
 
 
 def _safe_text(extractor: Callable[[RequestView], object], request: RequestView) -> str | None:
