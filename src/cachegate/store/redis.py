@@ -24,7 +24,7 @@ from typing import Any, TypeVar
 from prometheus_client import Histogram
 from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
-from redis.exceptions import ResponseError
+from redis.exceptions import OutOfMemoryError, ReadOnlyError, ResponseError
 
 from cachegate.breaker import BreakerState, CircuitBreaker
 from cachegate.metrics import Metrics
@@ -60,6 +60,8 @@ def _generation(raw: object) -> int:
 
 def _refused(error: BaseException) -> bool:
     """Whether `error` is Redis refusing a write (as opposed to failing or timing out)."""
+    if isinstance(error, OutOfMemoryError | ReadOnlyError):  # redis-py drops their prefix
+        return True
     return isinstance(error, ResponseError) and str(error).startswith(_REFUSALS)
 
 
@@ -76,6 +78,7 @@ class RedisStore:
         breaker: CircuitBreaker | None = None,
         metrics: Metrics | None = None,
         probe_interval: float = 1.0,
+        recovery_grace: float = 2.0,
         warm_connections: int = 8,
     ) -> None:
         if min(deadline, invalidation_deadline, generation_ttl, probe_interval) <= 0:
@@ -95,7 +98,9 @@ class RedisStore:
         self.epochs = ServerEpochs(on_change=self._epoch_changed)
         self._install_epoch_check(client)
         self.writes_refused = False
-        """True from a refused write until a write succeeds: no lookup is answered."""
+        """True from a refused write until writes succeed again: no lookup is answered."""
+        self.recovery_grace = recovery_grace
+        self._recovering_since: float | None = None
         self.noeviction: bool | None = None
         """Redis's `maxmemory-policy` is `noeviction` (None: not known, CONFIG refused)."""
         self._probe_key = f"cachegate:probe:{secrets.token_hex(8)}"
@@ -142,6 +147,7 @@ class RedisStore:
             self.metrics.store_epoch_changes.inc()
 
     def _set_writes_refused(self, refused: bool) -> None:
+        self._recovering_since = None
         if refused == self.writes_refused:
             return
         self.writes_refused = refused
@@ -151,6 +157,17 @@ class RedisStore:
             logger.info("Redis takes writes again: hits are served again")
         if self.metrics is not None:
             self.metrics.store_writes_refused.set(1 if refused else 0)
+
+    def _took_write(self) -> None:
+        """A write succeeded while refused: serve hits again once writes have succeeded for
+        `recovery_grace` seconds, so invalidations other processes kept pending while the
+        store refused them have had their retries (every 0.5 s, 1 s deadline) land first."""
+        now = time.monotonic()
+        if self._recovering_since is None:
+            self._recovering_since = now
+        elif now - self._recovering_since >= self.recovery_grace:
+            self._recovering_since = None
+            self._set_writes_refused(False)
 
     def _epoch(self, key: str) -> int:
         """The epoch of the node that holds `key` (one node unless on a Cluster)."""
@@ -264,7 +281,7 @@ class RedisStore:
             raise
         self.breaker.success()
         if operation in WRITE_OPERATIONS and self.writes_refused:
-            self._set_writes_refused(False)
+            self._took_write()
         if metrics is not None:
             duration = self._durations.get(operation)
             if duration is None:
