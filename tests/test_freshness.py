@@ -9,6 +9,7 @@ once a client has seen its write succeed, no answer computed before it is served
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import signal
@@ -432,3 +433,55 @@ async def test_a_write_finished_in_a_background_task_leaves_no_stale_hit(
     final = [await read(http, app.url) for _ in range(2)]
     assert all("indexed later" in notes for _, notes in final), final
     assert final[-1][0] == "hit"
+
+
+# ---- 6. single-flight whatever the store does --------------------------------------------------
+
+
+async def test_identical_misses_coalesce_while_redis_stalls(
+    spawned_redis: RedisServer, namespace: str
+) -> None:
+    """Redis answers 0.5 s late (10x the 50 ms deadline): every lookup fails, yet 50 identical
+    concurrent requests cost at most two fresh computations, all answered the same."""
+    async with TcpProxy(spawned_redis.port) as stall:
+        store = RedisStore.from_url(f"redis://127.0.0.1:{stall.port}/0", deadline=0.05)
+        store.breaker.failure_threshold = 1000  # the breaker is not what is tested here
+        try:
+            async with Harness(store=store, namespace=namespace) as h:
+                h.service.delay = 0.1
+                stall.set_mode("delay", 0.5)
+                responses = await asyncio.gather(*(h.ask() for _ in range(50)))
+        finally:
+            stall.set_mode("pass")
+            await store.aclose()
+    assert all(r.status_code == 200 for r in responses)
+    assert {r.headers["x-cachegate"] for r in responses} == {"bypass"}
+    assert len({r.content for r in responses}) == 1
+    assert h.service.calls["query"] <= 2
+    assert h.bypassed("store_error") == 50
+
+
+async def test_identical_misses_coalesce_on_a_cold_pool(
+    spawned_redis: RedisServer, namespace: str
+) -> None:
+    store = RedisStore.from_url(spawned_redis.url, deadline=0.05)
+    try:
+        async with Harness(store=store, namespace=namespace) as h:
+            h.service.delay = 0.1
+            responses = await asyncio.gather(*(h.ask() for _ in range(50)))
+    finally:
+        await store.aclose()
+    assert all(r.status_code == 200 for r in responses)
+    assert h.service.calls["query"] <= 2
+
+
+async def test_the_pool_opens_connections_ahead_of_the_first_request(
+    spawned_redis: RedisServer,
+) -> None:
+    store = RedisStore.from_url(spawned_redis.url)
+    with spawned_redis.client() as admin:
+        before = len(admin.client_list())
+        await store.start()  # what the middleware does at lifespan startup
+        opened = len(admin.client_list()) - before
+    await store.aclose()
+    assert opened >= store.warm_connections

@@ -234,10 +234,11 @@ class CacheResponder:
         generations = await gate.results.start_generations(found, facts)
         if generations is None:
             self.counts.bypass("store_error")
-            await self.app(scope, receive, add_header(send, b"bypass"))
+            await self._without_store(facts, scope, receive, send)
             return
         flight = facts.key + ":" + ",".join(map(str, generations))
-        if not gate.flights.lead(flight):
+        leading = gate.flights.lead(flight, gate.single_flight_wait)
+        if leading is None:
             try:
                 shared = await gate.flights.wait(flight, gate.single_flight_wait)
             except TimeoutError:
@@ -258,6 +259,38 @@ class CacheResponder:
         entry = None
         try:
             entry = await self._miss(facts, generations, scope, receive, send)
+        finally:
+            gate.flights.finish(leading, entry)
+
+    async def _without_store(
+        self, facts: RequestFacts, scope: Scope_, receive: Receive, send: Send
+    ) -> None:
+        """The store gave no generations: serve fresh, nothing stored, yet one computation
+        for identical requests in this process: one that starts after they arrived, so it
+        never predates a write their clients saw."""
+        gate = self.gate
+        flight, leads = gate.flights.follow(facts.key)
+        if not leads:
+            try:
+                shared = await gate.flights.join(flight, 2 * gate.single_flight_wait)
+            except TimeoutError:
+                shared, outcome = None, "timeout"
+            else:
+                outcome = "not_shared" if shared is None else "shared"
+            gate.metrics.single_flight.labels(outcome).inc()
+            if shared is not None:
+                await replay(send, shared.status, shared.headers, shared.body, b"bypass")
+            else:
+                await self.app(scope, receive, add_header(send, b"bypass"))
+            return
+        entry = None
+        try:
+            await gate.flights.start(flight, gate.single_flight_wait)
+            recorder = ResponseRecorder(send, max_bytes=gate.max_entry_bytes, header=_bypass)
+            await self._fresh(scope, receive, recorder)
+            if recorder.storable:
+                headers = storable_headers(recorder.headers)
+                entry = Entry(recorder.status, headers, recorder.body, ())
         finally:
             gate.flights.finish(flight, entry)
 
@@ -396,6 +429,10 @@ def _fresh_failed(cached: bytes, fresh: bytes) -> Any:
 
 async def _miss() -> bytes:
     return b"miss"
+
+
+async def _bypass() -> bytes:
+    return b"bypass"
 
 
 def _copy(scope: Scope_) -> Scope_:

@@ -93,6 +93,8 @@ class RedisStore:
         self._unready = self._cluster
         self._ready_lock = asyncio.Lock()
         self._durations: dict[str, Histogram] = {}
+        self._abandoned: set[asyncio.Future[Any]] = set()
+        """Calls past their deadline, cleaning up in the background."""
         self.probe_interval = probe_interval
         self.warm_connections = warm_connections
         self.epochs = ServerEpochs(on_change=self._epoch_changed)
@@ -258,11 +260,19 @@ class RedisStore:
                 metrics.store_failures.labels(operation, "rejected").inc()
             raise StoreUnavailable(f"{operation}: circuit breaker open")
         started = time.perf_counter()
+        # The call runs in its own task, and the request waits for it at most `deadline`: a
+        # cancelled redis-py call may still spend a socket timeout cleaning up (releasing its
+        # connection, a Cluster refreshing its topology), which must not be the request's.
+        task = asyncio.ensure_future(self._run(call))
         try:
-            async with asyncio.timeout(deadline):
-                if self._unready:
-                    await self._initialize_cluster()
-                result = await call()
+            await asyncio.wait((task,), timeout=deadline)
+            if not task.done():
+                task.cancel()
+                self._abandoned.add(task)
+                task.add_done_callback(self._abandoned.discard)
+                task.add_done_callback(_forget)
+                raise TimeoutError
+            result = task.result()
         except TimeoutError as error:
             self._failed(operation, "timeout")
             raise StoreTimeout(f"{operation}: no answer within {deadline:.3f}s") from error
@@ -277,6 +287,7 @@ class RedisStore:
             self._failed(operation, "error")
             raise StoreError(f"{operation}: {type(error).__name__}") from error
         except BaseException:
+            task.cancel()
             self.breaker.failure()
             raise
         self.breaker.success()
@@ -288,6 +299,11 @@ class RedisStore:
                 duration = self._durations[operation] = metrics.store_duration.labels(operation)
             duration.observe(time.perf_counter() - started)
         return result
+
+    async def _run(self, call: Callable[[], Awaitable[T]]) -> T:
+        if self._unready:
+            await self._initialize_cluster()
+        return await call()
 
     async def _initialize_cluster(self) -> None:
         """Discover a Cluster's topology once, before the first command: redis-py 8.1 drops
@@ -436,6 +452,12 @@ class RedisStore:
             self._probing.cancel()
             self._probing = None
         await self.client.aclose()
+
+
+def _forget(task: asyncio.Future[Any]) -> None:
+    """Retrieve an abandoned call's outcome, so it is never reported as unretrieved."""
+    if not task.cancelled():
+        task.exception()
 
 
 def _failed_incr(results: Sequence[Any], index: int) -> bool:
