@@ -21,7 +21,7 @@ from typing import Any
 from benchmarks import report
 from benchmarks.harness import REPO, RedisServer, delete_prefix, machine, percentile
 
-GROUPS = ("inprocess", "uvicorn", "l2", "flags", "invalidation", "encryption")
+GROUPS = ("inprocess", "uvicorn", "l2", "flags", "invalidation", "encryption", "freshness")
 RESULTS = REPO / "benchmarks" / "results"
 
 
@@ -63,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     namespace = f"cgbench{os.getpid()}"
     started = time.monotonic()
     load_start = os.getloadavg()[0]
-    inproc = http = l2_result = inval = flags = encryption = None
+    inproc = http = l2_result = inval = flags = encryption = freshness = None
     notes: list[str] = []
     with RedisServer(cpu=1) as server:
         url = server.url
@@ -102,6 +102,11 @@ def main(argv: list[str] | None = None) -> int:
 
                 log("encryption at rest ...")
                 encryption = encryption_group.run(url, namespace, quick=quick)
+            if "freshness" in groups:
+                from benchmarks import freshness as freshness_group
+
+                log("freshness under faults (hit-path checks, cluster master killed) ...")
+                freshness = freshness_group.run(url, namespace, quick=quick)
         finally:
             delete_prefix(url, namespace)
     elapsed = time.monotonic() - started
@@ -129,6 +134,7 @@ def main(argv: list[str] | None = None) -> int:
         flags=flags,
         notes=notes,
         encryption=encryption,
+        freshness=freshness,
     )
     RESULTS.mkdir(parents=True, exist_ok=True)
     if args.out is not None:
@@ -149,6 +155,7 @@ def main(argv: list[str] | None = None) -> int:
         "invalidation": _jsonable(inval),
         "flags": _jsonable(flags),
         "encryption": _jsonable(encryption),
+        "freshness": _jsonable(freshness),
     }
     if not quick and args.out is None:
         for container in (
@@ -157,6 +164,7 @@ def main(argv: list[str] | None = None) -> int:
             raw["invalidation"],
             raw["flags"],
             raw["encryption"],
+            raw["freshness"],
         ):
             _drop_values(container)
         (RESULTS / "latest.json").write_text(json.dumps(raw, indent=1) + "\n", encoding="utf-8")

@@ -9,6 +9,8 @@ from statistics import median
 from benchmarks.encryption import EncryptionResult
 from benchmarks.encryption import render as render_encryption
 from benchmarks.flag_cost import FlagResult
+from benchmarks.freshness import FreshnessResult
+from benchmarks.freshness import render as render_freshness
 from benchmarks.harness import Samples
 from benchmarks.invalidation import InvalidationResult
 from benchmarks.l1 import InProcess, OverHttp
@@ -255,6 +257,7 @@ def render(
     flags: FlagResult | None,
     notes: list[str],
     encryption: EncryptionResult | None = None,
+    freshness: FreshnessResult | None = None,
 ) -> str:
     lines = [f"# {title}", ""]
     lines += _table(["machine", ""], [[k, v] for k, v in machine.items()])
@@ -504,6 +507,8 @@ def render(
 
     if encryption is not None:
         lines += render_encryption(encryption)
+    if freshness is not None:
+        lines += render_freshness(freshness)
 
     if notes:
         lines += ["## Notes", ""] + [f"- {note}" for note in notes] + [""]
