@@ -47,12 +47,17 @@ class ServerEpochs:
     handshake, then reads the identity, before the connection carries any command.
     """
 
-    def __init__(self, on_change: Callable[[], None] | None = None) -> None:
+    def __init__(
+        self, on_change: Callable[[], None] | None = None, *, per_node: bool = False
+    ) -> None:
         self._by_node: dict[str, int] = {}
         self.latest = 0
         """The epoch read by the most recent connection (0: none yet)."""
         self.checked = True
         self._on_change = on_change
+        self._per_node = per_node
+        """A Cluster's nodes each have their own epoch; one logical server (a single node, or
+        Sentinel's current master, whose address changes on failover) has one."""
 
     def of(self, node: str) -> int:
         """The epoch of `node` ("host:port"), or of the latest connection if it is unknown."""
@@ -78,7 +83,7 @@ class ServerEpochs:
 
     def record(self, node: str, epoch: int) -> None:
         """Remember `node`'s epoch; a change means its older entries are misses from now on."""
-        previous = self._by_node.get(node)
+        previous = self._by_node.get(node) if self._per_node else (self.latest or None)
         self._by_node[node] = epoch
         self.latest = epoch
         if previous is not None and previous != epoch and self._on_change is not None:

@@ -97,7 +97,7 @@ class RedisStore:
         """Calls past their deadline, cleaning up in the background."""
         self.probe_interval = probe_interval
         self.warm_connections = warm_connections
-        self.epochs = ServerEpochs(on_change=self._epoch_changed)
+        self.epochs = ServerEpochs(on_change=self._epoch_changed, per_node=self._cluster)
         self._install_epoch_check(client)
         self.writes_refused = False
         """True from a refused write until writes succeed again: no lookup is answered."""
