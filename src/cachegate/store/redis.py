@@ -263,9 +263,10 @@ class RedisStore:
         # The call runs in its own task, and the request waits for it at most `deadline`: a
         # cancelled redis-py call may still spend a socket timeout cleaning up (releasing its
         # connection, a Cluster refreshing its topology), which must not be the request's.
-        task = asyncio.ensure_future(self._run(call))
+        loop = asyncio.get_running_loop()
+        task = loop.create_task(self._run(call))
         try:
-            await asyncio.wait((task,), timeout=deadline)
+            await _within(loop, task, deadline)
             if not task.done():
                 task.cancel()
                 self._abandoned.add(task)
@@ -452,6 +453,26 @@ class RedisStore:
             self._probing.cancel()
             self._probing = None
         await self.client.aclose()
+
+
+async def _within(
+    loop: asyncio.AbstractEventLoop, task: asyncio.Task[Any], deadline: float
+) -> None:
+    """Wait until `task` is done or `deadline` seconds passed, whichever comes first (lighter
+    than `asyncio.wait`: one future, one timer)."""
+    waiter = loop.create_future()
+
+    def wake(_: object = None) -> None:
+        if not waiter.done():
+            waiter.set_result(None)
+
+    task.add_done_callback(wake)
+    timer = loop.call_later(deadline, wake)
+    try:
+        await waiter
+    finally:
+        timer.cancel()
+        task.remove_done_callback(wake)
 
 
 def _forget(task: asyncio.Future[Any]) -> None:
