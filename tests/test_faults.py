@@ -182,7 +182,8 @@ async def test_slow_and_black_holed_redis_costs_at_most_the_deadline(
 
         try:
             async with serving(h.app) as url:
-                results = await load(url, 5.5, clients=10, during=faults)
+                # 3.5 s after the proxy passes again: recovery is asserted, not timed
+                results = await load(url, 7.5, clients=10, during=faults)
         finally:
             await h.aclose()
             await h.store.aclose()

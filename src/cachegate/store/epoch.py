@@ -66,10 +66,10 @@ class ServerEpochs:
     async def on_connect(self, connection: Any) -> None:
         """redis-py's handshake, then the server's identity."""
         await connection.on_connect()
-        try:
-            await connection.send_command("INFO", "server")
+        try:  # both in one round trip
+            commands = (("INFO", "server"), ("INFO", "replication"))
+            await connection.send_packed_command(connection.pack_commands(commands))
             server = await connection.read_response()
-            await connection.send_command("INFO", "replication")
             replication = await connection.read_response()
         except ResponseError:
             if self.checked:

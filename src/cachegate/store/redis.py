@@ -237,6 +237,7 @@ class RedisStore:
             lambda: self.client.set(self._probe_key, b"1", px=ttl),
             deadline=self.invalidation_deadline,
             guarded=False,
+            feeds_breaker=False,
         )
 
     def _breaker_changed(self, state: BreakerState) -> None:
@@ -250,8 +251,13 @@ class RedisStore:
         *,
         deadline: float,
         guarded: bool = True,
+        feeds_breaker: bool = True,
     ) -> T:
-        """Run one store call under its deadline, feeding the breaker and the metrics."""
+        """Run one store call under its deadline, feeding the breaker and the metrics.
+
+        The write probe does not feed the breaker's failures: the breaker is about the request
+        path, and a probe that was in flight when Redis came back must not open it again.
+        """
         metrics = self.metrics
         if self._probing is None and not self._closed:
             self._start_probe()
@@ -275,7 +281,7 @@ class RedisStore:
                 raise TimeoutError
             result = task.result()
         except TimeoutError as error:
-            self._failed(operation, "timeout")
+            self._failed(operation, "timeout", feeds_breaker)
             raise StoreTimeout(f"{operation}: no answer within {deadline:.3f}s") from error
         except Exception as error:  # redis-py can fail with more than RedisError: fail open
             if _refused(error):
@@ -285,7 +291,7 @@ class RedisStore:
                 if metrics is not None:
                     metrics.store_failures.labels(operation, "refused").inc()
                 raise StoreWritesRefused(f"{operation}: {str(error)[:40]}") from error
-            self._failed(operation, "error")
+            self._failed(operation, "error", feeds_breaker)
             raise StoreError(f"{operation}: {type(error).__name__}") from error
         except BaseException:
             task.cancel()
@@ -315,8 +321,9 @@ class RedisStore:
                 await self.client.initialize()
                 self._unready = False
 
-    def _failed(self, operation: str, kind: str) -> None:
-        self.breaker.failure()
+    def _failed(self, operation: str, kind: str, feeds_breaker: bool = True) -> None:
+        if feeds_breaker:
+            self.breaker.failure()
         if self.metrics is not None:
             self.metrics.store_failures.labels(operation, kind).inc()
 
