@@ -94,7 +94,7 @@ class RedisStore:
         self._ready_lock = asyncio.Lock()
         self._durations: dict[str, Histogram] = {}
         self._abandoned: set[asyncio.Future[Any]] = set()
-        """Calls past their deadline, cleaning up in the background."""
+        """Calls past their deadline, finishing in the background."""
         self.probe_interval = probe_interval
         self.warm_connections = warm_connections
         self.epochs = ServerEpochs(on_change=self._epoch_changed, per_node=self._cluster)
@@ -266,15 +266,17 @@ class RedisStore:
                 metrics.store_failures.labels(operation, "rejected").inc()
             raise StoreUnavailable(f"{operation}: circuit breaker open")
         started = time.perf_counter()
-        # The call runs in its own task, and the request waits for it at most `deadline`: a
-        # cancelled redis-py call may still spend a socket timeout cleaning up (releasing its
-        # connection, a Cluster refreshing its topology), which must not be the request's.
+        # The call runs in its own task, and the request waits for it at most `deadline`.
+        # Past it, the call is left to finish in the background (bounded by the socket
+        # timeouts) instead of being cancelled: it reads its own late reply, so the connection
+        # goes back to the pool clean, and a connection it was opening is ready for the next
+        # request instead of thrown away (under load, a handshake can take longer than one
+        # deadline). A Cluster's topology refresh runs there too, never on a request.
         loop = asyncio.get_running_loop()
         task = loop.create_task(self._run(call))
         try:
             await _within(loop, task, deadline)
             if not task.done():
-                task.cancel()
                 self._abandoned.add(task)
                 task.add_done_callback(self._abandoned.discard)
                 task.add_done_callback(_forget)
@@ -459,6 +461,9 @@ class RedisStore:
         if self._probing is not None:
             self._probing.cancel()
             self._probing = None
+        for task in list(self._abandoned):
+            task.cancel()
+        await asyncio.gather(*self._abandoned, return_exceptions=True)
         await self.client.aclose()
 
 
