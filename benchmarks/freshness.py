@@ -73,6 +73,7 @@ def _stores() -> tuple[type[RedisStore], type[RedisStore]]:
             *,
             deadline: float,
             guarded: bool = True,
+            feeds_breaker: bool = True,
         ) -> T:
             async with asyncio.timeout(deadline):
                 result = await call()
