@@ -30,6 +30,7 @@ GROUPS = (
     "encryption",
     "streaming",
     "killswitch",
+    "freshness",
 )
 RESULTS = REPO / "benchmarks" / "results"
 
@@ -72,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     namespace = f"cgbench{os.getpid()}"
     started = time.monotonic()
     load_start = os.getloadavg()[0]
-    inproc = http = l2_result = inval = flags = encryption = None
+    inproc = http = l2_result = inval = flags = encryption = freshness = None
     streamed = None
     kill_switch: dict[str, Any] | None = None
     notes: list[str] = []
@@ -123,6 +124,11 @@ def main(argv: list[str] | None = None) -> int:
 
                 log("streamed answers ...")
                 streamed = streaming.run(url, namespace, quick=quick)
+            if "freshness" in groups:
+                from benchmarks import freshness as freshness_group
+
+                log("freshness under faults (hit-path checks, cluster master killed) ...")
+                freshness = freshness_group.run(url, namespace, quick=quick)
         finally:
             delete_prefix(url, namespace)
     elapsed = time.monotonic() - started
@@ -151,6 +157,7 @@ def main(argv: list[str] | None = None) -> int:
         notes=notes,
         encryption=encryption,
         kill_switch=kill_switch,
+        freshness=freshness,
     )
     if streamed is not None:
         from benchmarks import streaming
@@ -177,6 +184,7 @@ def main(argv: list[str] | None = None) -> int:
         "encryption": _jsonable(encryption),
         "streaming": _jsonable(streamed),
         "kill_switch": kill_switch,
+        "freshness": _jsonable(freshness),
     }
     if not quick and args.out is None:
         for container in (
@@ -186,6 +194,7 @@ def main(argv: list[str] | None = None) -> int:
             raw["flags"],
             raw["encryption"],
             raw["streaming"],
+            raw["freshness"],
         ):
             _drop_values(container)
         (RESULTS / "latest.json").write_text(json.dumps(raw, indent=1) + "\n", encoding="utf-8")

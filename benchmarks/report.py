@@ -10,6 +10,8 @@ from typing import Any
 from benchmarks.encryption import EncryptionResult
 from benchmarks.encryption import render as render_encryption
 from benchmarks.flag_cost import FlagResult
+from benchmarks.freshness import FreshnessResult
+from benchmarks.freshness import render as render_freshness
 from benchmarks.harness import Samples
 from benchmarks.invalidation import InvalidationResult
 from benchmarks.l1 import InProcess, OverHttp
@@ -257,6 +259,7 @@ def render(
     notes: list[str],
     encryption: EncryptionResult | None = None,
     kill_switch: dict[str, Any] | None = None,
+    freshness: FreshnessResult | None = None,
 ) -> str:
     lines = [f"# {title}", ""]
     lines += _table(["machine", ""], [[k, v] for k, v in machine.items()])
@@ -506,6 +509,8 @@ def render(
 
     if encryption is not None:
         lines += render_encryption(encryption)
+    if freshness is not None:
+        lines += render_freshness(freshness)
 
     if kill_switch is not None:
         lines += render_kill_switch(kill_switch)

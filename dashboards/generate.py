@@ -432,6 +432,35 @@ def overview(q: Queries) -> Dashboard:
                 min=0,
                 stack=True,
             ),
+            Panel(
+                "Freshness conditions",
+                "Do the conditions of the freshness promise hold? Redis refusing writes (no "
+                "hits served), invalidations not acknowledged (other processes may serve "
+                "pre-write answers), lost at shutdown, and Redis restarts or failovers (older "
+                "entries miss). Alerts in the cachegate-freshness group.",
+                (
+                    Target(
+                        f"max by (job) ({q.metric('store_writes_refused')}{{{JOB}}})",
+                        "writes refused {{job}}",
+                    ),
+                    Target(
+                        f"sum by (job) ({q.metric('invalidations_pending')}{{{JOB}}})",
+                        "invalidations pending {{job}}",
+                    ),
+                    Target(
+                        f"sum by (job) (increase({q.metric('invalidations_lost_total')}"
+                        f"{{{JOB}}}[$__rate_interval]))",
+                        "invalidations lost {{job}}",
+                    ),
+                    Target(
+                        f"sum by (job) (increase({q.metric('store_epoch_changes_total')}"
+                        f"{{{JOB}}}[$__rate_interval]))",
+                        "Redis restarts/failovers {{job}}",
+                    ),
+                ),
+                width=24,
+                min=0,
+            ),
         ),
     )
     return Dashboard(

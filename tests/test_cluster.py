@@ -21,6 +21,8 @@ from cachegate.store import RedisStore
 pytestmark = pytest.mark.anyio
 
 DEADLINE = 0.05
+STORE_CALLS = 3
+"""The most store calls one request makes: lookup, generations, write."""
 
 
 def tenant_on(cluster: RedisCluster, namespace: str, node: ClusterNode, *, other: bool) -> str:
@@ -111,7 +113,9 @@ async def test_a_master_killed_mid_run_fails_open_and_caching_recovers(
                     took = time.monotonic() - started
                     assert response.status_code == 200
                     assert response.json()["tenant"] == tenant
-                    assert took < 0.5, f"a request waited {took:.3f}s on a dead master"
+                    # Not a timing test (benchmarks/ has the figure): only a wait many times
+                    # the budget (its store calls' deadlines) fails, e.g. a socket timeout.
+                    assert took < 10 * STORE_CALLS * DEADLINE, f"waited {took:.3f}s"
                     outage.append(response.headers["x-cachegate"])
                 await anyio.sleep(0.02)
             assert set(outage) <= {"hit", "miss", "bypass"}

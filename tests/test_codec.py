@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import pickle
 import struct
+from dataclasses import replace
 
 import pytest
 from hypothesis import given, settings
@@ -19,11 +20,14 @@ from cachegate.store.codec import (
     encode_entry,
 )
 
-header_names = st.binary(min_size=1, max_size=40)
+TOKEN = b"!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+FIELD_BYTES = [9, *range(0x20, 0x7F), *range(0x80, 0x100)]
+header_names = st.lists(st.sampled_from(TOKEN), min_size=1, max_size=40).map(bytes)
+header_values = st.lists(st.sampled_from(FIELD_BYTES), max_size=200).map(bytes)
 entries = st.builds(
     Entry,
     status=st.integers(min_value=100, max_value=599),
-    headers=st.lists(st.tuples(header_names, st.binary(max_size=200)), max_size=8).map(tuple),
+    headers=st.lists(st.tuples(header_names, header_values), max_size=8).map(tuple),
     body=st.binary(max_size=4000),
     generations=st.lists(st.integers(min_value=1, max_value=2**62), max_size=4).map(tuple),
 )
@@ -108,3 +112,40 @@ def test_a_header_length_past_the_end_is_corrupt() -> None:
 
 def test_corrupt_entry_is_a_value_error() -> None:
     assert issubclass(CorruptEntry, ValueError)
+
+
+@given(
+    entry=entries,
+    status=st.one_of(st.integers(0, 99), st.integers(600, 2**16 - 1)),
+)
+@settings(deadline=None)
+def test_a_status_outside_100_to_599_is_corrupt(entry: Entry, status: int) -> None:
+    with pytest.raises(CorruptEntry):
+        decode_entry(encode_entry(replace(entry, status=status)))
+
+
+@given(
+    entry=entries,
+    name=header_names,
+    value=header_values,
+    bad=st.sampled_from([b"\r", b"\n", b"\x00", b"\x7f", b"\x01"]),
+    where=st.sampled_from(["name", "value"]),
+    data=st.data(),
+)
+@settings(deadline=None)
+def test_a_header_with_cr_lf_nul_or_a_control_byte_is_corrupt(
+    entry: Entry, name: bytes, value: bytes, bad: bytes, where: str, data: st.DataObject
+) -> None:
+    """Replayed, such a header breaks the client's connection (or splits the response)."""
+    target = name if where == "name" else value
+    cut = data.draw(st.integers(0, len(target)))
+    target = target[:cut] + bad + target[cut:]
+    header = (target, value) if where == "name" else (name, target)
+    with pytest.raises(CorruptEntry):
+        decode_entry(encode_entry(replace(entry, headers=(*entry.headers, header))))
+
+
+@pytest.mark.parametrize("name", [b"", b"a b", b"a:b", "é".encode()])
+def test_a_header_name_that_is_not_a_token_is_corrupt(name: bytes) -> None:
+    with pytest.raises(CorruptEntry):
+        decode_entry(encode_entry(Entry(200, ((name, b"v"),), b"", (1,))))

@@ -9,7 +9,6 @@ from __future__ import annotations
 import logging
 import math
 import socket
-import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -170,11 +169,8 @@ async def test_chunks_run_at_most_max_concurrency_at_a_time(
     server.delay = 0.1
     texts = [f"t{i}" for i in range(500)]
     four = embedder(client, MemoryStore(), namespace)
-    started = time.perf_counter()
     await four.embed(texts=texts, model=MODEL, input_type=QUERY)
-    elapsed = time.perf_counter() - started
-    assert server.max_in_flight == 4
-    assert elapsed < 6 * 0.1
+    assert server.max_in_flight == 4  # the behaviour; how long it took is for benchmarks/
 
     server.reset()
     server.delay = 0.02
@@ -525,21 +521,20 @@ async def test_float16_storage_halves_values_within_the_cosine_bound(
     assert cached.stats.matches == 20
 
 
-async def test_a_hit_is_faster_than_cohere(
+async def test_a_hit_does_not_wait_for_cohere(
     client: cohere.AsyncClientV2, store: Store, namespace: str, server: CohereServer
 ) -> None:
-    """1024-dimension vectors, Cohere slowed to 100 ms: a hit must not come near it."""
+    """1024-dimension vectors, Cohere slowed to 100 ms: a hit never calls it (its speed is a
+    benchmark, `benchmarks/`, not a timed assertion)."""
     server.delay = 0.1
     cached = embedder(client, store, namespace)
     options: dict[str, Any] = {"model": MODEL, "input_type": QUERY, "output_dimension": 1024}
-    started = time.perf_counter()
-    await cached.embed(texts=["query"], **options)
-    miss = time.perf_counter() - started
-    started = time.perf_counter()
-    await cached.embed(texts=["query"], **options)
-    hit = time.perf_counter() - started
-    assert miss >= 0.1
-    assert hit < 0.05
+    first = await cached.embed(texts=["query"], **options)
+    calls = len(server.calls)
+    second = await cached.embed(texts=["query"], **options)
+    assert calls == 1 and len(server.calls) == calls
+    assert cached.stats.hits == 1
+    assert second.embeddings.float_ == first.embeddings.float_
 
 
 key_params = st.fixed_dictionaries(

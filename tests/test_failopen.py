@@ -64,10 +64,10 @@ async def test_a_silent_or_dead_redis_fails_open_and_caching_resumes_by_itself(
 
     server.pause()  # accepts connections, never answers
     for _ in range(8):
-        path, took = await timed_ask(h)
+        path, _ = await timed_ask(h)
         assert path == "bypass"
-        assert took < 0.9  # bounded by the 50 ms deadline, not by the 1 s socket timeout
     assert h.bypassed("store_error") == 8
+    # Counted as timeouts: the 50 ms deadline ended them, not the 1 s socket timeout (an error)
     assert failures(h, "lookup", "timeout") == store.breaker.failure_threshold == 5
     assert failures(h, "lookup", "rejected") == 3  # the breaker stopped asking
     assert store.breaker.state is BreakerState.OPEN

@@ -17,7 +17,8 @@ from support.asgi import Message, drive
 from support.model import Model
 
 from cachegate import RequestView, Scope
-from cachegate.singleflight import SingleFlight
+from cachegate.results import RequestFacts
+from cachegate.singleflight import Flight, SingleFlight
 from cachegate.store import MemoryStore, Store
 from cachegate.store.codec import Entry, decode_entry, encode_entry
 
@@ -275,6 +276,10 @@ class ObservedFlights(SingleFlight[Entry]):
         self.waiting += 1
         return await super().wait(key, patience)
 
+    async def join(self, flight: Flight[Entry], patience: float) -> Entry | None:
+        self.waiting += 1
+        return await super().join(flight, patience)
+
 
 async def until(condition: Callable[[], bool]) -> None:
     for _ in range(2000):  # 10 s at most
@@ -310,9 +315,30 @@ async def test_a_waiter_that_waits_too_long_computes_on_its_own(build: Build) ->
     assert impatient.status_code == 200
     assert impatient.headers["x-cachegate"] == "miss"
     assert h.service.calls["query"] == 2
-    assert h.sample("cachegate_single_flight_waits_total", outcome="timeout") == 1
+    # It waited out the leader's 50 ms (a counted timeout), or arrived after them and led
+    # its own computation: which one depends on the machine's load, not on the code.
+    assert h.sample("cachegate_single_flight_waits_total", outcome="timeout") <= 1
     release.set()
     assert (await leader).headers["x-cachegate"] == "miss"
+
+
+async def test_a_leader_that_overran_the_wait_collects_no_more_waiters(build: Build) -> None:
+    """A hung leader costs its own request: identical requests arriving after its
+    `single_flight_wait` do not queue behind it, they share one new computation."""
+    h = build(single_flight_wait=0.2)
+    flights = h.gate.flights = ObservedFlights()
+    entered, release = h.service.hold("hung")
+    leader = asyncio.create_task(h.ask(headers={"X-Hold": "hung"}))
+    await entered.wait()
+    await asyncio.sleep(0.3)  # past single_flight_wait: the leader overran
+    later = await asyncio.gather(*(h.ask() for _ in range(5)))
+    assert not leader.done()  # all five answered while the leader still hangs
+    assert all(r.status_code == 200 for r in later)
+    assert h.service.calls["query"] == 2  # the hung one and one for the five
+    assert h.sample("cachegate_single_flight_waits_total", outcome="timeout") == 0
+    assert flights.waiting <= 4  # none of them waited for the hung leader (no timeout)
+    release.set()
+    await leader
 
 
 async def test_a_leader_without_a_storable_answer_lets_waiters_compute(build: Build) -> None:
@@ -335,6 +361,46 @@ async def test_a_leader_without_a_storable_answer_lets_waiters_compute(build: Bu
 
 def _valid(generations: tuple[int, ...]) -> bytes:
     return encode_entry(Entry(200, ((b"content-type", b"text/plain"),), b"planted", generations))
+
+
+async def stamped_generations(store: Store, facts: RequestFacts) -> tuple[int, ...]:
+    """The generations an entry of `facts` records now: its scope's counters and the epoch."""
+    counters = await store.generations(facts.generation_keys)
+    return (*counters, (await store.lookup(facts.key, facts.generation_keys)).epoch)
+
+
+@pytest.mark.parametrize(
+    "forged",
+    [
+        {"status": 999},
+        {"status": 42},
+        {"headers": ((b"x-evil", b"a\r\nSet-Cookie: sid=1"),)},
+        {"headers": ((b"x-evil", b"nul\x00byte"),)},
+        {"headers": ((b"bad name", b"v"),)},
+        {"headers": ((b"x-evil\r\n", b"v"),)},
+    ],
+)
+async def test_a_forged_entry_an_http_server_cannot_send_is_a_counted_miss(
+    build: Build, store: Store, forged: dict[str, object]
+) -> None:
+    """Valid format, current generations and epoch, but a status or header no HTTP server may
+    send: replayed, the client would get a broken connection; it must be a miss instead."""
+    h = build()
+    h.service.response_headers = {"cache-control": "no-store"}  # so nothing refills the key
+    facts = entry_key(h)
+    fields: dict[str, Any] = {
+        "status": 200,
+        "headers": ((b"content-type", b"text/plain"),),
+        "body": b"planted",
+        "generations": await stamped_generations(store, facts),
+        **forged,
+    }
+    await store.write(facts.key, encode_entry(Entry(**fields)), 60)
+    response = await h.ask()
+    assert response.status_code == 200
+    assert response.headers["x-cachegate"] == "miss"
+    assert b"planted" not in response.content
+    assert h.sample("cachegate_corrupt_entries_total", cache_layer="query_result") == 1
 
 
 @pytest.mark.parametrize("kind", ["foreign", "truncated", "padded", "other_version", "empty"])
@@ -368,9 +434,12 @@ async def test_a_planted_valid_entry_is_served_only_under_current_generations(
     """The control for the corrupt-entry test: the key and format are the middleware's own."""
     h = build()
     facts = entry_key(h)
-    generations = await store.generations(facts.generation_keys)
+    generations = await stamped_generations(store, facts)
     await store.write(facts.key, _valid(tuple(g - 1 for g in generations)), 60)
     assert (await h.ask()).headers["x-cachegate"] == "miss"  # older generations: not served
+    *counters, epoch = generations
+    await store.write(facts.key, _valid((*counters, epoch + 1)), 60)
+    assert (await h.ask()).headers["x-cachegate"] == "miss"  # another epoch: not served
     await store.write(facts.key, _valid(generations), 60)
     planted = await h.ask()
     assert planted.headers["x-cachegate"] == "hit"

@@ -431,8 +431,11 @@ async def test_routes_without_a_policy_are_untouched(namespace: str) -> None:
     async def lifespan_app(scope: Any, receive: Any, send: Any) -> None:
         lifespan_calls.append((scope["type"], receive, send))
 
+    await CacheGateMiddleware(lifespan_app, gate)({"type": "websocket"}, receive, send)
+    assert lifespan_calls == [("websocket", receive, send)]
+    # lifespan: the same send; receive starts the gate and flushes invalidations on the way
     await CacheGateMiddleware(lifespan_app, gate)({"type": "lifespan"}, receive, send)
-    assert lifespan_calls == [("lifespan", receive, send)]
+    assert lifespan_calls[-1][0] == "lifespan" and lifespan_calls[-1][2] is send
 
 
 async def test_unmatched_routes_pass_through_frameworks_without_a_header(build: Build) -> None:

@@ -12,6 +12,10 @@ import pytest
 from cachegate.keys import KeySpace, Scope
 from cachegate.store import Lookup, MemoryStore, Store
 from cachegate.store.base import MISSING_GENERATION
+from cachegate.store.memory import ITEM_OVERHEAD
+
+CHARGE = 3 + 100 + ITEM_OVERHEAD
+"""What `_item` is charged: key, value and the per-item overhead."""
 
 pytestmark = pytest.mark.anyio
 
@@ -33,17 +37,21 @@ async def test_lookup_returns_the_entry_and_generations_in_one_call(
     key, gens = entry_and_generations(namespace)
     created = await store.generations(gens)
     await store.write(key, b"\x00entry\xff", 30)
-    assert await store.lookup(key, gens) == Lookup(b"\x00entry\xff", created)
+    found = await store.lookup(key, gens)
+    assert (found.value, found.generations) == (b"\x00entry\xff", created)
+    assert found == Lookup(b"\x00entry\xff", created, found.epoch)
+    assert (await store.lookup(key, gens)).epoch == found.epoch  # same server, same epoch
 
 
 async def test_missing_generations_and_entries_read_as_zero_and_none(
     store: Store, namespace: str
 ) -> None:
     key, gens = entry_and_generations(namespace)
-    assert await store.lookup(key, gens) == Lookup(None, (MISSING_GENERATION,) * 2)
+    found = await store.lookup(key, gens)
+    assert (found.value, found.generations) == (None, (MISSING_GENERATION,) * 2)
     await store.write(key, b"v", 30)
-    assert await store.lookup(key, gens) == Lookup(b"v", (0, 0))
-    assert await store.lookup(key, ()) == Lookup(b"v", ())
+    assert (await store.lookup(key, gens)).generations == (0, 0)
+    assert (await store.lookup(key, ())).value == b"v"
 
 
 async def test_generations_start_random_nonzero_and_stay_put(store: Store, namespace: str) -> None:
@@ -171,7 +179,7 @@ class Clock:
 
 
 def _item(index: int) -> tuple[str, bytes]:
-    return f"k{index:02d}", b"x" * 100  # charged 3 + 100 + 64 = 167 bytes
+    return f"k{index:02d}", b"x" * 100  # charged CHARGE bytes
 
 
 async def test_memory_store_is_bounded_in_bytes() -> None:
@@ -179,12 +187,12 @@ async def test_memory_store_is_bounded_in_bytes() -> None:
     for index in range(50):
         await store.write(*_item(index), ttl=30)
         assert store.size_bytes <= 1000
-    assert len(store) == 1000 // 167
+    assert len(store) == 1000 // CHARGE
     assert await store.get_many(["k49", "k00"]) == [b"x" * 100, None]
 
 
 async def test_memory_store_evicts_the_least_recently_used() -> None:
-    store = MemoryStore(max_bytes=3 * 167)
+    store = MemoryStore(max_bytes=3 * CHARGE)
     for index in range(3):
         await store.write(*_item(index), ttl=30)
     await store.lookup("k00", ())  # k00 is now the most recently used
@@ -234,7 +242,7 @@ async def test_memory_store_generations_expire_and_restart_elsewhere() -> None:
 
 
 async def test_memory_store_generation_evicted_reads_as_missing() -> None:
-    store = MemoryStore(max_bytes=2 * 167)
+    store = MemoryStore(max_bytes=2 * CHARGE)
     gens = await store.generations(["g"])
     assert gens[0] > 0
     for index in range(3):

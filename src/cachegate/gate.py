@@ -129,8 +129,24 @@ class CacheGate:
         while self._background:
             await asyncio.gather(*self._background, return_exceptions=True)
 
+    async def start(self) -> None:
+        """Prepare the store before the first request (the middleware calls it at lifespan
+        startup): open connections, report its eviction policy, start its write probe."""
+        store: object = self.store
+        while store is not None:
+            start = getattr(store, "start", None)
+            if start is not None:
+                await start()
+                return
+            store = getattr(store, "inner", None)
+
+    async def shutdown(self) -> None:
+        """Try pending invalidations once more (the middleware calls it at lifespan shutdown);
+        what the store still refuses is lost, counted and logged."""
+        await self.invalidator.flush()
+
     async def aclose(self) -> None:
-        """Cancel background work, stop retrying invalidations and close the store."""
+        """Cancel background work, try pending invalidations once more, close the store."""
         for task in list(self._background):
             task.cancel()
         await asyncio.gather(*self._background, return_exceptions=True)

@@ -27,8 +27,17 @@ PATHS = ("hit", "shared", "miss", "shadow", "bypass")
 MODES = ("off", "shadow", "serve")
 OUTCOMES = ("match", "mismatch", "error")
 COMPARISON_KINDS = ("shadow", "verify", "noise")
-STORE_OPERATIONS = ("lookup", "generations", "write", "delete", "bump", "get_many", "set_many")
-STORE_FAILURES = ("error", "timeout", "rejected")
+STORE_OPERATIONS = (
+    "lookup",
+    "generations",
+    "write",
+    "delete",
+    "bump",
+    "get_many",
+    "set_many",
+    "probe",
+)
+STORE_FAILURES = ("error", "timeout", "rejected", "refused")
 BYPASS_REASONS = (
     "no_tenant",
     "body_too_large",
@@ -280,6 +289,44 @@ class Metrics:
             registry=reg,
             multiprocess_mode="livemax",
         )
+        self.store_writes_refused = Gauge(
+            "store_writes_refused",
+            "1 while the store refuses writes (full, read-only): no hits are served, else 0.",
+            namespace=ns,
+            registry=reg,
+            multiprocess_mode="livemax",
+        )
+        """Set by `RedisStore` on a refused write, cleared by the next write that succeeds."""
+        self.store_noeviction = Gauge(
+            "store_noeviction",
+            "1 when Redis's maxmemory-policy is noeviction (a full Redis refuses writes).",
+            namespace=ns,
+            registry=reg,
+            multiprocess_mode="livemax",
+        )
+        """Read once at start (`CONFIG GET`); stays 0 when CONFIG is refused (logged)."""
+        self.store_epoch_changes = Counter(
+            "store_epoch_changes",
+            "Redis restarts and failovers seen (run_id or replication id changed).",
+            namespace=ns,
+            registry=reg,
+        )
+        """Each one turned every entry written before it into a miss."""
+        self.invalidations_pending = Gauge(
+            "invalidations_pending",
+            "Invalidations not yet acknowledged by the store (retried; scopes bypass here).",
+            namespace=ns,
+            registry=reg,
+            multiprocess_mode="livesum",
+        )
+        """Other processes may serve the pending scopes' old entries until they land."""
+        self.invalidations_lost = Counter(
+            "invalidations_lost",
+            "Pending invalidations given up at shutdown (the store never took them).",
+            namespace=ns,
+            registry=reg,
+        )
+        """Their scopes' old entries may be served by other processes until their TTL."""
         self._add_stream_metrics()
         self._initialise(routes, invalidation_reasons)
 
@@ -356,6 +403,9 @@ class Metrics:
             self.flag_stickiness_overrides.labels(flag)
         self.initialise_routes(routes, reasons)
         self.breaker_open.set(0)
+        self.store_writes_refused.set(0)
+        self.store_noeviction.set(0)
+        self.invalidations_pending.set(0)
 
     def initialise_routes(self, routes: Iterable[str], reasons: Iterable[str] = ()) -> None:
         """Create the per-route and per-invalidation-reason series at zero."""

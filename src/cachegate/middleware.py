@@ -42,6 +42,7 @@ from cachegate.responses import (
 )
 from cachegate.results import LAYER, Found, RequestFacts
 from cachegate.rollout import OFF, Decision, Mode, enter_decision, exit_decision
+from cachegate.singleflight import Flight
 from cachegate.store.codec import Entry, StreamEntry
 from cachegate.tee import LeaderFailed, LiveStream, Publisher, Resume, StreamDiverged
 
@@ -64,6 +65,8 @@ class CacheGateMiddleware:
 
     async def __call__(self, scope: Scope_, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
+            if scope["type"] == "lifespan":
+                receive = self._lifespan(receive)
             await self.app(scope, receive, send)
             return
         match = self._match(scope["method"], scope["path"])
@@ -74,6 +77,20 @@ class CacheGateMiddleware:
             await CacheResponder(self.app, self.gate, match.rule, match)(scope, receive, send)
         else:
             await WriteResponder(self.app, self.gate, match.rule, match)(scope, receive, send)
+
+    def _lifespan(self, receive: Receive) -> Receive:
+        """Start the gate (warm the store) at startup and retry pending invalidations at
+        shutdown, before the app sees either message."""
+
+        async def lifespan_receive() -> Message:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                await self.gate.start()
+            elif message["type"] == "lifespan.shutdown":
+                await self.gate.shutdown()
+            return message
+
+        return lifespan_receive
 
 
 def _view(scope: Scope_, match: Match, body: RequestBody) -> RequestView:
@@ -275,14 +292,15 @@ class CacheResponder:
         generations = await gate.results.start_generations(found, facts)
         if generations is None:
             self.counts.bypass("store_error")
-            await self.app(scope, receive, add_header(send, b"bypass"))
+            await self._without_store(facts, scope, receive, send)
             return
         flight = facts.key + ":" + ",".join(map(str, generations))
         live = gate.live_streams.get(flight)
         if live is not None:
             gate.metrics.single_flight.labels("shared").inc()
             return await self._follow(live, facts, generations, scope, receive, send)
-        if not gate.flights.lead(flight):
+        leading = gate.flights.lead(flight, gate.single_flight_wait)
+        if leading is None:
             try:
                 shared = await gate.flights.wait(flight, gate.single_flight_wait)
             except TimeoutError:
@@ -304,7 +322,39 @@ class CacheResponder:
         self.counts.misses.inc()
         entry = None
         try:
-            entry = await self._miss(facts, generations, scope, receive, send, flight)
+            entry = await self._miss(facts, generations, scope, receive, send, leading)
+        finally:
+            gate.flights.finish(leading, entry)
+
+    async def _without_store(
+        self, facts: RequestFacts, scope: Scope_, receive: Receive, send: Send
+    ) -> None:
+        """The store gave no generations: serve fresh, nothing stored, yet one computation
+        for identical requests in this process: one that starts after they arrived, so it
+        never predates a write their clients saw."""
+        gate = self.gate
+        flight, leads = gate.flights.follow(facts.key)
+        if not leads:
+            try:
+                shared = await gate.flights.join(flight, 2 * gate.single_flight_wait)
+            except TimeoutError:
+                shared, outcome = None, "timeout"
+            else:
+                outcome = "not_shared" if shared is None else "shared"
+            gate.metrics.single_flight.labels(outcome).inc()
+            if isinstance(shared, Entry):
+                await replay(send, shared.status, shared.headers, shared.body, b"bypass")
+            else:
+                await self.app(scope, receive, add_header(send, b"bypass"))
+            return
+        entry = None
+        try:
+            await gate.flights.start(flight, gate.single_flight_wait)
+            recorder = ResponseRecorder(send, max_bytes=gate.max_entry_bytes, header=_bypass)
+            await self._fresh(scope, receive, recorder)
+            if recorder.storable:
+                headers = storable_headers(recorder.headers)
+                entry = Entry(recorder.status, headers, recorder.body, ())
         finally:
             gate.flights.finish(flight, entry)
 
@@ -315,7 +365,7 @@ class CacheResponder:
         scope: Scope_,
         receive: Receive,
         send: Send,
-        flight: str | None = None,
+        flight: Flight[Entry | LiveStream] | None = None,
     ) -> Entry | None:
         """Compute fresh and store; a leader (`flight`) shares a stream live while it lasts."""
         self.path = "miss"
@@ -334,10 +384,10 @@ class CacheResponder:
         finally:
             if publisher is not None and publisher.stream is not None:
                 publisher.stream.fail()
-                self.gate.live_streams.remove(flight or "", publisher.stream)
+                self.gate.live_streams.remove(flight.key if flight else "", publisher.stream)
 
     def _tee(
-        self, flight: str, status: int, headers: list[tuple[bytes, bytes]]
+        self, flight: Flight[Entry | LiveStream], status: int, headers: list[tuple[bytes, bytes]]
     ) -> LiveStream | None:
         """Open the live stream of a leader's response, if it may be shared: only what may be
         stored is (status 200, no cookie, no `private`...). Waiting followers join at once."""
@@ -345,7 +395,7 @@ class CacheResponder:
             return None
         gate = self.gate
         live = gate.live_streams.open(
-            flight, status, list(storable_headers(headers)), gate.max_entry_bytes
+            flight.key, status, list(storable_headers(headers)), gate.max_entry_bytes
         )
         if live is not None:
             gate.flights.finish(flight, live)
@@ -532,6 +582,10 @@ async def _miss() -> bytes:
     return b"miss"
 
 
+async def _bypass() -> bytes:
+    return b"bypass"
+
+
 def _copy(scope: Scope_) -> Scope_:
     copied = dict(scope)
     copied["state"] = dict(scope.get("state", {}))
@@ -545,7 +599,8 @@ def _remember(scope: Scope_, decision: Decision) -> None:
 class WriteResponder:
     """Handles one request to a write route: the response is held until the invalidation is done.
 
-    So once a client has seen the write succeed, no answer computed before it is served.
+    So once a client has seen the write succeed, no answer computed before it is served. The
+    scope is invalidated again when the route's ASGI call returns, after its background work.
     """
 
     def __init__(self, app: ASGIApp, gate: CacheGate, rule: WriteRule, match: Match) -> None:
@@ -553,6 +608,9 @@ class WriteResponder:
         self.gate = gate
         self.rule = rule
         self.match = match
+        self.invalidated: dict[str, Scope] = {}
+        """The cache scope of each tenant the write named, kept for the repeat after
+        background work."""
 
     async def __call__(self, scope: Scope_, receive: Receive, send: Send) -> None:
         body = await read_body(receive, self.gate.max_body_bytes)
@@ -575,18 +633,27 @@ class WriteResponder:
             await self.app(scope, body.replay(receive), held)
         finally:
             await held.release()
+            # The route's call returns after its background work (Starlette's BackgroundTasks
+            # run after the response is sent): an answer computed from the data as it was
+            # before that work finished may have been stored under the new generations.
+            for tenant in tenants:
+                await self._invalidate(tenant, subject, held, again=True)
 
-    async def _invalidate(self, tenant: str, subject: str | None, held: HeldResponse) -> None:
+    async def _invalidate(
+        self, tenant: str, subject: str | None, held: HeldResponse, *, again: bool = False
+    ) -> None:
         if 400 <= held.status < 500:
             return
-        if subject is None and self.rule.response_subject is not None:
-            subject = held.json_field(self.rule.response_subject)
-        scope = Scope(tenant, subject)
+        scope = self.invalidated.get(tenant)
+        if scope is None:
+            if subject is None and self.rule.response_subject is not None:
+                subject = held.json_field(self.rule.response_subject)
+            scope = self.invalidated[tenant] = Scope(tenant, subject)
         with tracing.tracer.start_as_current_span("cachegate.invalidate") as span:
             span.set_attributes(
                 {tracing.ROUTE: self.rule.route, "cachegate.reason": self.rule.reason}
             )
-            await self.gate.invalidator.invalidate(scope, self.rule.reason)
+            await self.gate.invalidator.invalidate(scope, self.rule.reason, counted=not again)
 
 
 def _safe_text(extractor: Callable[[RequestView], object], request: RequestView) -> str | None:

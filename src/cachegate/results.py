@@ -32,7 +32,8 @@ class RequestFacts:
 
 @dataclass(frozen=True, slots=True)
 class Found:
-    """A lookup's result: a servable entry or None, and the generations read (None on error).
+    """A lookup's result: a servable entry or None, and the generations read followed by the
+    store's epoch (None on error).
 
     `chunks` are a streamed entry's (offset in microseconds, length) pairs; empty otherwise.
     """
@@ -86,25 +87,31 @@ class ResultCache:
         return RequestFacts(policy, scope, key, self.keyspace.generation_keys(scope))
 
     async def lookup(self, facts: RequestFacts) -> Found:
-        """One round trip: the entry if it exists, decodes and is as new as its generations."""
+        """One round trip: the entry if it exists, decodes and is as new as its generations.
+
+        The generations an entry records end with the store's epoch, so an entry written
+        before the store's state went back in time (a restart from a snapshot, a promoted
+        replica) never matches again.
+        """
         try:
             found = await self.store.lookup(facts.key, facts.generation_keys)
         except StoreError:
             return Found(None, None)
+        current = (*found.generations, found.epoch)
         if found.value is None:
-            return Found(None, found.generations)
+            return Found(None, current)
         try:
             stored = decode_stored(found.value)
         except CorruptEntry:
             self.metrics.corrupt_entries.labels(LAYER).inc()
             await self._delete(facts.key)
-            return Found(None, found.generations)
+            return Found(None, current)
         entry, chunks = (
             (stored.entry, stored.chunks) if isinstance(stored, StreamEntry) else (stored, ())
         )
-        if MISSING_GENERATION in found.generations or entry.generations != found.generations:
-            return Found(None, found.generations)
-        return Found(entry, found.generations, chunks)
+        if MISSING_GENERATION in found.generations or entry.generations != current:
+            return Found(None, current)
+        return Found(entry, current, chunks)
 
     async def start_generations(self, found: Found, facts: RequestFacts) -> tuple[int, ...] | None:
         """The generations a fresh computation starting now is stored under (None: not stored).
@@ -114,10 +121,11 @@ class ResultCache:
         """
         if found.generations is None:
             return None
-        if MISSING_GENERATION not in found.generations:
+        *generations, epoch = found.generations
+        if MISSING_GENERATION not in generations:
             return found.generations
         try:
-            return await self.store.generations(facts.generation_keys)
+            return (*await self.store.generations(facts.generation_keys), epoch)
         except StoreError:
             return None
 
@@ -151,7 +159,7 @@ class ResultCache:
             found = await self.store.lookup(facts.key, facts.generation_keys)
         except StoreError:
             return False
-        return found.generations != generations
+        return (*found.generations, found.epoch) != generations
 
     async def drop(self, facts: RequestFacts) -> None:
         """Delete a request's entry (a verified-stale one); store errors are ignored."""

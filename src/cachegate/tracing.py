@@ -17,6 +17,7 @@ MODE = "cachegate.mode"
 OUTCOME = "cachegate.outcome"
 ROUTE = "http.route"
 DECISION = "cachegate.decision"
+COMPARISON = "cachegate.comparison"
 ERROR_TYPE = "error.type"
 
 

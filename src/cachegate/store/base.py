@@ -36,10 +36,19 @@ def random_generation() -> int:
 
 @dataclass(frozen=True, slots=True)
 class Lookup:
-    """An entry's bytes (or None) and the current generations, read together."""
+    """An entry's bytes (or None) and the current generations, read together, with the epoch
+    of the server that answered: a store whose state can go back in time (a Redis restarted
+    from a snapshot, a promoted replica) reports a new epoch after it did; 0 for stores that
+    cannot (`MemoryStore`)."""
 
     value: bytes | None
     generations: tuple[int, ...]
+    epoch: int = 0
+
+
+class StoreWritesRefused(StoreError):
+    """The store refuses writes (full under `noeviction`, read-only): it cannot be trusted to
+    have taken invalidations, so nothing it holds is served until a write succeeds again."""
 
 
 @runtime_checkable
@@ -47,7 +56,8 @@ class Store(Protocol):
     """What the cache needs from a store. Every method may raise `StoreError`."""
 
     async def lookup(self, key: str, generation_keys: Sequence[str]) -> Lookup:
-        """Read an entry and the current generations in one round trip (missing: 0)."""
+        """Read an entry and the current generations in one round trip (missing: 0), with
+        the epoch of the state read."""
         ...
 
     async def generations(self, generation_keys: Sequence[str]) -> tuple[int, ...]:

@@ -3,12 +3,15 @@
 Layout (big-endian): magic `CG`, format version (1 byte), status (2), generation count (1) and
 each generation (8), header count (2) and each header as name length (2), name, value length
 (4), value; then the body length (4) and the body, which must end the data exactly. Anything
-else, truncated or padded, is a `CorruptEntry`.
+else, truncated or padded, is a `CorruptEntry`; so is a status outside 100..599 or a header
+that no HTTP server may send (a name that is not a token, a value with CR, LF, NUL or another
+control byte): replayed, such an entry would break the client's connection instead of missing.
 """
 
 from __future__ import annotations
 
 import itertools
+import re
 import struct
 from dataclasses import dataclass
 
@@ -19,6 +22,10 @@ _GEN = struct.Struct(">q")
 _COUNT = struct.Struct(">H")
 _NAME = struct.Struct(">H")
 _VALUE = struct.Struct(">I")
+
+
+_TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_FIELD_VALUE = re.compile(rb"[\t\x20-\x7e\x80-\xff]*")
 
 
 class CorruptEntry(ValueError):
@@ -54,6 +61,8 @@ def decode_entry(data: bytes) -> Entry:
         magic, version, status, generation_count = _HEAD.unpack_from(data, 0)
         if magic != MAGIC or version != FORMAT_VERSION:
             raise CorruptEntry("not a CacheGate entry of this format version")
+        if not 100 <= status <= 599:
+            raise CorruptEntry("not an HTTP status")
         offset = _HEAD.size
         generations = tuple(
             _GEN.unpack_from(data, offset + i * _GEN.size)[0] for i in range(generation_count)
@@ -73,6 +82,8 @@ def decode_entry(data: bytes) -> Entry:
             offset += value_length
             if len(name) != name_length or len(value) != value_length:
                 raise CorruptEntry("truncated header")
+            if _TOKEN.fullmatch(name) is None or _FIELD_VALUE.fullmatch(value) is None:
+                raise CorruptEntry("a header no HTTP server may send")
             headers.append((name, value))
         (body_length,) = _VALUE.unpack_from(data, offset)
         offset += _VALUE.size

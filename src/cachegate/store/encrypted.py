@@ -129,7 +129,7 @@ class EncryptedStore:
         found = await self.inner.lookup(key, generation_keys)
         if found.value is None:
             return found
-        return Lookup(self.decrypt(key, found.value), found.generations)
+        return Lookup(self.decrypt(key, found.value), found.generations, found.epoch)
 
     async def generations(self, generation_keys: Sequence[str]) -> tuple[int, ...]:
         """Passed through: generations are counters, not data."""

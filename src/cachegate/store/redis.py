@@ -4,11 +4,19 @@ Every call has a deadline and no retry; a failure or timeout raises `StoreError`
 caller treats as a miss, and feeds a circuit breaker that stops asking a failing Redis until a
 probe after the cool-down succeeds. An entry and its generations share a hash tag, so a lookup is
 one MGET even on a Cluster.
+
+Freshness under faults: a lookup reports the epoch of the server that answered
+(`cachegate.store.epoch`), so state that went back in time is never trusted; a refused write
+(OOM under `noeviction`, READONLY, MISCONF) puts the store in a writes-refused state in which
+every lookup fails until a write succeeds again, and a background probe writes one small key
+every `probe_interval` so a process that only reads notices a full Redis too.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
+import secrets
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
@@ -16,6 +24,7 @@ from typing import Any, TypeVar
 from prometheus_client import Histogram
 from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
+from redis.exceptions import OutOfMemoryError, ReadOnlyError, ResponseError
 
 from cachegate.breaker import BreakerState, CircuitBreaker
 from cachegate.metrics import Metrics
@@ -25,20 +34,35 @@ from cachegate.store.base import (
     StoreError,
     StoreTimeout,
     StoreUnavailable,
+    StoreWritesRefused,
     random_generation,
 )
+from cachegate.store.epoch import ServerEpochs
 from cachegate.store.urls import connect
 
 T = TypeVar("T")
 RedisClient = Redis | RedisCluster
 
+logger = logging.getLogger("cachegate.store")
+
+WRITE_OPERATIONS = frozenset({"generations", "write", "bump", "set_many", "probe"})
+_REFUSALS = ("OOM", "READONLY", "MISCONF", "NOREPLICAS", "NOWRITE")
+"""Error replies of a Redis that answers but takes no write."""
+
 
 def _generation(raw: object) -> int:
-    """A stored generation as an int; anything unreadable counts as missing."""
+    """A stored generation as an int; anything unreadable counts as missing (lost)."""
     try:
         return int(raw) if isinstance(raw, bytes | str | int) else MISSING_GENERATION
     except ValueError:
         return MISSING_GENERATION
+
+
+def _refused(error: BaseException) -> bool:
+    """Whether `error` is Redis refusing a write (as opposed to failing or timing out)."""
+    if isinstance(error, OutOfMemoryError | ReadOnlyError):  # redis-py drops their prefix
+        return True
+    return isinstance(error, ResponseError) and str(error).startswith(_REFUSALS)
 
 
 class RedisStore:
@@ -53,9 +77,12 @@ class RedisStore:
         generation_ttl: float = 86_400.0,
         breaker: CircuitBreaker | None = None,
         metrics: Metrics | None = None,
+        probe_interval: float = 1.0,
+        recovery_grace: float = 2.0,
+        warm_connections: int = 8,
     ) -> None:
-        if deadline <= 0 or invalidation_deadline <= 0 or generation_ttl <= 0:
-            raise ValueError("deadlines and generation_ttl must be positive")
+        if min(deadline, invalidation_deadline, generation_ttl, probe_interval) <= 0:
+            raise ValueError("deadlines, generation_ttl and probe_interval must be positive")
         self.client = client
         self.deadline = deadline
         self.invalidation_deadline = invalidation_deadline
@@ -66,6 +93,22 @@ class RedisStore:
         self._unready = self._cluster
         self._ready_lock = asyncio.Lock()
         self._durations: dict[str, Histogram] = {}
+        self._abandoned: set[asyncio.Future[Any]] = set()
+        """Calls past their deadline, finishing in the background."""
+        self.probe_interval = probe_interval
+        self.warm_connections = warm_connections
+        self.epochs = ServerEpochs(on_change=self._epoch_changed, per_node=self._cluster)
+        self._install_epoch_check(client)
+        self.writes_refused = False
+        """True from a refused write until writes succeed again: no lookup is answered."""
+        self.recovery_grace = recovery_grace
+        self._recovering_since: float | None = None
+        self.noeviction: bool | None = None
+        """Redis's `maxmemory-policy` is `noeviction` (None: not known, CONFIG refused)."""
+        self._probe_key = f"cachegate:probe:{secrets.token_hex(8)}"
+        self._probing: asyncio.Task[None] | None = None
+        self._started = False
+        self._closed = False
 
     @classmethod
     def from_url(
@@ -89,6 +132,114 @@ class RedisStore:
         )
         return cls(client, deadline=deadline, **kwargs)
 
+    def _install_epoch_check(self, client: RedisClient) -> None:
+        """Have every new connection read the server's identity before its first command."""
+        hook = {"redis_connect_func": self.epochs.on_connect}
+        if isinstance(client, RedisCluster):
+            manager = client.nodes_manager
+            manager.connection_kwargs.update(hook)
+            for node in (*manager.startup_nodes.values(), *manager.nodes_cache.values()):
+                node.connection_kwargs.update(hook)
+        else:
+            client.connection_pool.connection_kwargs.update(hook)
+
+    def _epoch_changed(self) -> None:
+        logger.warning("Redis restarted or failed over: entries written before are misses")
+        if self.metrics is not None:
+            self.metrics.store_epoch_changes.inc()
+
+    def _set_writes_refused(self, refused: bool) -> None:
+        self._recovering_since = None
+        if refused == self.writes_refused:
+            return
+        self.writes_refused = refused
+        if refused:
+            logger.warning("Redis refuses writes: no hits are served until a write succeeds")
+        else:
+            logger.info("Redis takes writes again: hits are served again")
+        if self.metrics is not None:
+            self.metrics.store_writes_refused.set(1 if refused else 0)
+
+    def _took_write(self) -> None:
+        """A write succeeded while refused: serve hits again once writes have succeeded for
+        `recovery_grace` seconds, so invalidations other processes kept pending while the
+        store refused them have had their retries (every 0.5 s, 1 s deadline) land first."""
+        now = time.monotonic()
+        if self._recovering_since is None:
+            self._recovering_since = now
+        elif now - self._recovering_since >= self.recovery_grace:
+            self._recovering_since = None
+            self._set_writes_refused(False)
+
+    def _epoch(self, key: str) -> int:
+        """The epoch of the node that holds `key` (one node unless on a Cluster)."""
+        client = self.client
+        if isinstance(client, RedisCluster):
+            try:
+                node = client.get_node_from_key(key)
+            except Exception:  # no topology yet: the latest epoch read
+                return self.epochs.latest
+            return self.epochs.of(node.name) if node is not None else self.epochs.latest
+        return self.epochs.latest
+
+    async def start(self) -> None:
+        """Open connections ahead of the first request, read `maxmemory-policy` and start the
+        write probe. Never raises: a Redis that is down at start is the breaker's business."""
+        if self._started:
+            return
+        self._started = True
+        try:
+            async with asyncio.timeout(max(self.deadline * 20, 2.0)):
+                if self._unready:
+                    await self._initialize_cluster()
+                await asyncio.gather(*(self.client.ping() for _ in range(self.warm_connections)))
+        except Exception as error:
+            logger.warning("Redis not reachable at start (%s)", type(error).__name__)
+        await self._check_eviction_policy()
+        self._start_probe()
+
+    async def _check_eviction_policy(self) -> None:
+        """Report `noeviction`: a full Redis then refuses invalidations (log, metric)."""
+        try:
+            async with asyncio.timeout(max(self.deadline * 20, 2.0)):
+                reply = await self.client.config_get("maxmemory-policy")
+        except Exception as error:  # CONFIG is often refused by ACLs
+            logger.warning("maxmemory-policy unknown (CONFIG GET: %s)", type(error).__name__)
+            return
+        values = reply.values() if isinstance(reply, dict) else ()
+        policies = {v.decode() if isinstance(v, bytes) else str(v) for v in values}
+        self.noeviction = "noeviction" in policies
+        if self.metrics is not None:
+            self.metrics.store_noeviction.set(1 if self.noeviction else 0)
+        if self.noeviction:
+            logger.warning(
+                "Redis maxmemory-policy is noeviction: when it is full, writes and "
+                "invalidations are refused and no hits are served until it has room"
+            )
+
+    def _start_probe(self) -> None:
+        if self._probing is None or self._probing.done():
+            self._probing = asyncio.get_running_loop().create_task(self._probe_loop())
+
+    async def _probe_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.probe_interval)
+            try:
+                await self.probe()
+            except StoreError:
+                continue
+
+    async def probe(self) -> None:
+        """Write one small key (with a TTL): the store takes writes, or `StoreWritesRefused`."""
+        ttl = max(int(self.probe_interval * 3000), 1000)
+        await self._call(
+            "probe",
+            lambda: self.client.set(self._probe_key, b"1", px=ttl),
+            deadline=self.invalidation_deadline,
+            guarded=False,
+            feeds_breaker=False,
+        )
+
     def _breaker_changed(self, state: BreakerState) -> None:
         if self.metrics is not None:
             self.metrics.breaker_open.set(0 if state is BreakerState.CLOSED else 1)
@@ -100,35 +251,68 @@ class RedisStore:
         *,
         deadline: float,
         guarded: bool = True,
+        feeds_breaker: bool = True,
     ) -> T:
-        """Run one store call under its deadline, feeding the breaker and the metrics."""
+        """Run one store call under its deadline, feeding the breaker and the metrics.
+
+        The write probe does not feed the breaker's failures: the breaker is about the request
+        path, and a probe that was in flight when Redis came back must not open it again.
+        """
         metrics = self.metrics
+        if self._probing is None and not self._closed:
+            self._start_probe()
         if guarded and not self.breaker.allow():
             if metrics is not None:
                 metrics.store_failures.labels(operation, "rejected").inc()
             raise StoreUnavailable(f"{operation}: circuit breaker open")
         started = time.perf_counter()
+        # The call runs in its own task, and the request waits for it at most `deadline`.
+        # Past it, the call is left to finish in the background (bounded by the socket
+        # timeouts) instead of being cancelled: it reads its own late reply, so the connection
+        # goes back to the pool clean, and a connection it was opening is ready for the next
+        # request instead of thrown away (under load, a handshake can take longer than one
+        # deadline). A Cluster's topology refresh runs there too, never on a request.
+        loop = asyncio.get_running_loop()
+        task = loop.create_task(self._run(call))
         try:
-            async with asyncio.timeout(deadline):
-                if self._unready:
-                    await self._initialize_cluster()
-                result = await call()
+            await _within(loop, task, deadline)
+            if not task.done():
+                self._abandoned.add(task)
+                task.add_done_callback(self._abandoned.discard)
+                task.add_done_callback(_forget)
+                raise TimeoutError
+            result = task.result()
         except TimeoutError as error:
-            self._failed(operation, "timeout")
+            self._failed(operation, "timeout", feeds_breaker)
             raise StoreTimeout(f"{operation}: no answer within {deadline:.3f}s") from error
         except Exception as error:  # redis-py can fail with more than RedisError: fail open
-            self._failed(operation, "error")
+            if _refused(error):
+                # Redis answers, so the breaker stays closed; but it took no write
+                self.breaker.success()
+                self._set_writes_refused(True)
+                if metrics is not None:
+                    metrics.store_failures.labels(operation, "refused").inc()
+                raise StoreWritesRefused(f"{operation}: {str(error)[:40]}") from error
+            self._failed(operation, "error", feeds_breaker)
             raise StoreError(f"{operation}: {type(error).__name__}") from error
         except BaseException:
+            task.cancel()
             self.breaker.failure()
             raise
         self.breaker.success()
+        if operation in WRITE_OPERATIONS and self.writes_refused:
+            self._took_write()
         if metrics is not None:
             duration = self._durations.get(operation)
             if duration is None:
                 duration = self._durations[operation] = metrics.store_duration.labels(operation)
             duration.observe(time.perf_counter() - started)
         return result
+
+    async def _run(self, call: Callable[[], Awaitable[T]]) -> T:
+        if self._unready:
+            await self._initialize_cluster()
+        return await call()
 
     async def _initialize_cluster(self) -> None:
         """Discover a Cluster's topology once, before the first command: redis-py 8.1 drops
@@ -139,13 +323,19 @@ class RedisStore:
                 await self.client.initialize()
                 self._unready = False
 
-    def _failed(self, operation: str, kind: str) -> None:
-        self.breaker.failure()
+    def _failed(self, operation: str, kind: str, feeds_breaker: bool = True) -> None:
+        if feeds_breaker:
+            self.breaker.failure()
         if self.metrics is not None:
             self.metrics.store_failures.labels(operation, kind).inc()
 
     async def lookup(self, key: str, generation_keys: Sequence[str]) -> Lookup:
-        """One MGET of the entry and its generations (they share a hash tag)."""
+        """One MGET of the entry and its generations (they share a hash tag), with the epoch
+        of the node that answered. Refused while the store refuses writes."""
+        if self.writes_refused:
+            if self.metrics is not None:
+                self.metrics.store_failures.labels("lookup", "refused").inc()
+            raise StoreWritesRefused("lookup: the store refuses writes")
         values = await self._call(
             "lookup", lambda: self.client.mget([key, *generation_keys]), deadline=self.deadline
         )
@@ -153,6 +343,7 @@ class RedisStore:
         return Lookup(
             entry if isinstance(entry, bytes) else None,
             tuple(_generation(value) for value in values[1:]),
+            self._epoch(key),
         )
 
     async def generations(self, generation_keys: Sequence[str]) -> tuple[int, ...]:
@@ -170,7 +361,29 @@ class RedisStore:
         if not generation_keys:
             return ()
         results = await self._call("generations", call, deadline=self.deadline)
-        return tuple(_generation(value) for value in results[-len(generation_keys) :])
+        generations = [_generation(value) for value in results[-len(generation_keys) :]]
+        lost = [key for key, g in zip(generation_keys, generations, strict=True) if not g]
+        if lost:  # not an integer: lost, so it restarts at a random value
+            restarted = await self._restart(lost, self.deadline)
+            generations = [
+                g or restarted[key] for key, g in zip(generation_keys, generations, strict=True)
+            ]
+        return tuple(generations)
+
+    async def _restart(self, keys: Sequence[str], deadline: float) -> dict[str, int]:
+        """Overwrite unreadable generations with new random ones (as if lost): their old
+        entries can never match again, and nothing keeps the garbage alive."""
+        values = {key: random_generation() for key in keys}
+
+        async def call() -> list[Any]:
+            pipe = self.client.pipeline(transaction=False)
+            ttl = max(1, round(self.generation_ttl))
+            for key, value in values.items():
+                pipe.set(key, value, ex=ttl)
+            return await pipe.execute()
+
+        await self._call("generations", call, deadline=deadline)
+        return values
 
     async def write(self, key: str, value: bytes, ttl: float) -> None:
         """SET with an absolute expiry in milliseconds."""
@@ -187,7 +400,9 @@ class RedisStore:
     async def bump(self, generation_keys: Sequence[str]) -> None:
         """INCR each generation (a lost one restarts at a random value first), one round trip.
 
-        Tried even while the breaker is open: an invalidation is worth one call.
+        Tried even while the breaker is open: an invalidation is worth one call. A generation
+        that is not an integer cannot be incremented: it is overwritten at a new random value,
+        which invalidates as surely (a refused write still fails the bump).
         """
 
         async def call() -> list[Any]:
@@ -197,9 +412,20 @@ class RedisStore:
                 pipe.set(key, random_generation(), nx=True, ex=ttl)
                 pipe.incr(key)
                 pipe.expire(key, ttl)
-            return await pipe.execute()
+            return await pipe.execute(raise_on_error=False)
 
-        await self._call("bump", call, deadline=self.invalidation_deadline, guarded=False)
+        results = await self._call("bump", call, deadline=self.invalidation_deadline, guarded=False)
+        errors = [result for result in results if isinstance(result, Exception)]
+        if any(_refused(error) for error in errors):
+            self._set_writes_refused(True)
+            if self.metrics is not None:
+                self.metrics.store_failures.labels("bump", "refused").inc()
+            raise StoreWritesRefused("bump: refused")
+        if errors:
+            unreadable = [k for i, k in enumerate(generation_keys) if _failed_incr(results, i)]
+            if not unreadable:
+                raise StoreError(f"bump: {type(errors[0]).__name__}")
+            await self._restart(unreadable, self.invalidation_deadline)
 
     async def get_many(self, keys: Sequence[str]) -> list[bytes | None]:
         """MGET in order; on a Cluster split by slot and reassembled in order."""
@@ -230,5 +456,44 @@ class RedisStore:
         await self._call("set_many", call, deadline=self.deadline)
 
     async def aclose(self) -> None:
-        """Close the client and its connections."""
+        """Stop the probe; close the client and its connections."""
+        self._closed = True
+        if self._probing is not None:
+            self._probing.cancel()
+            self._probing = None
+        for task in list(self._abandoned):
+            task.cancel()
+        await asyncio.gather(*self._abandoned, return_exceptions=True)
         await self.client.aclose()
+
+
+async def _within(
+    loop: asyncio.AbstractEventLoop, task: asyncio.Task[Any], deadline: float
+) -> None:
+    """Wait until `task` is done or `deadline` seconds passed, whichever comes first (lighter
+    than `asyncio.wait`: one future, one timer)."""
+    waiter = loop.create_future()
+
+    def wake(_: object = None) -> None:
+        if not waiter.done():
+            waiter.set_result(None)
+
+    task.add_done_callback(wake)
+    timer = loop.call_later(deadline, wake)
+    try:
+        await waiter
+    finally:
+        timer.cancel()
+        task.remove_done_callback(wake)
+
+
+def _forget(task: asyncio.Future[Any]) -> None:
+    """Retrieve an abandoned call's outcome, so it is never reported as unretrieved."""
+    if not task.cancelled():
+        task.exception()
+
+
+def _failed_incr(results: Sequence[Any], index: int) -> bool:
+    """Whether the INCR of the `index`-th key of a bump pipeline failed (SET NX, INCR, EXPIRE
+    per key): its value is not an integer."""
+    return isinstance(results[index * 3 + 1], Exception)
