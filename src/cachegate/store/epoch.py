@@ -8,8 +8,8 @@ changes on every start and `master_replid` on every promotion. Every new connect
 checked against the identity of the server that answered; an entry written under another
 epoch is a miss.
 
-Where `INFO` is refused (an ACL without `@dangerous`), the epoch is `UNCHECKED` and restarts are
-not detected: logged once and reported in `cachegate_store_epoch_checked`.
+Where `INFO` is refused (an ACL without `@dangerous` or `+info`), the epoch is `UNCHECKED` and
+restarts are not detected: logged once (a warning), and `ServerEpochs.checked` is False.
 """
 
 from __future__ import annotations
