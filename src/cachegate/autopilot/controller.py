@@ -74,6 +74,8 @@ class Decision:
     gates: tuple[GateResult, ...] = ()
     applied: bool = False
     dry_run: bool = False
+    track: str | None = None
+    """The track this decision is about (a track plan); None for a plan of whole stages."""
 
 
 @dataclass
