@@ -15,13 +15,16 @@ import pytest
 from test_flagadmin_atomic import Observing, Shape, killed, server_shape, stage_shape
 from unleash_server import UnleashServer, unleash_server  # noqa: F401
 
+from cachegate import cli
 from cachegate.autopilot.controller import KILL_SWITCH, Action, Decision
 from cachegate.autopilot.gates import MetricsUnavailable
 from cachegate.autopilot.layers import UnleashLayers
-from cachegate.autopilot.plan import Plan, parse_plan
+from cachegate.autopilot.plan import Plan, default_plan_path, parse_plan
 from cachegate.autopilot.report import decision_dict, render_json
 from cachegate.autopilot.tracks import TrackController
 from cachegate.flagadmin import apply_stage, read_stage, set_kill_switch
+
+TRACKS_FILE = default_plan_path().parent / "rollout-tracks.toml"
 
 L1_COMPARED = 'cache_layer="query_result",kind=~"shadow|verify",outcome=~"match|mismatch"'
 L1_MISMATCH = 'cache_layer="query_result",kind=~"shadow|verify",outcome=~"mismatch"'
@@ -282,3 +285,36 @@ def test_decisions_carry_their_track_in_json(setup: Setup) -> None:
     lines = [json.loads(line) for line in render_json(decisions).splitlines()]
     assert [line["track"] for line in lines] == ["l2", "l1"]
     assert decision_dict(decisions[0])["stage"] == "off"
+
+
+def test_cli_status_step_run_and_rollback_of_a_track_plan(
+    unleash_server: UnleashServer,  # noqa: F811
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    server = unleash_server
+    apply_stage(server.url, server.admin_token, "l1-10")
+    monkeypatch.setenv(cli.ADMIN_TOKEN_ENV, server.admin_token)
+    plan_file = str(TRACKS_FILE)
+    args = ["--prometheus", "http://127.0.0.1:9", "--unleash-url", server.url, "--json"]
+    args += ["--plan", plan_file]
+    assert cli.main(["rollout", "status", *args]) == cli.OK
+    records = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [(r["track"], r["stage"], r["action"]) for r in records] == [
+        ("l2", "serve", "hold"),
+        ("l1", "l1-10", "hold"),
+    ]
+    assert {r["code"] for r in records} <= {"metrics_unavailable", "settling"}
+    assert cli.main(["rollout", "run", *args, "--timeout", "0", "--interval", "0"]) == cli.FAILED
+    assert len(capsys.readouterr().out.splitlines()) == 2
+    assert cli.main(["rollout", "plan", "--plan", plan_file]) == cli.OK
+    text = capsys.readouterr().out
+    assert "track l2" in text and "track l1" in text and "after l2:serve" in text
+    rollback = ["rollout", "rollback", "--unleash-url", server.url, "--json", "--plan", plan_file]
+    assert cli.main([*rollback, "--track", "l1"]) == cli.OK
+    record = json.loads(capsys.readouterr().out)
+    assert (record["track"], record["stage"], record["target"]) == ("l1", "l1-10", "shadow")
+    assert read_stage(server.url, server.admin_token).stage == "l2"
+    assert cli.main(rollback) == cli.OK
+    assert json.loads(capsys.readouterr().out)["target"] == "kill-switch"
+    assert read_stage(server.url, server.admin_token).kill_switch
