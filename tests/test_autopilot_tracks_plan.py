@@ -97,6 +97,8 @@ def test_a_plan_of_whole_stages_is_unchanged_and_not_a_track_plan() -> None:
 
 def test_a_minimal_track_plan_parses() -> None:
     plan = parse_plan(document(), environ={})
+    with pytest.raises(PlanError, match="TrackController"):
+        Controller(plan, reader=None, stages=None)  # type: ignore[arg-type]
     assert plan.track("l1").states[1].gates[0].rollback_to == "shadow"
 
 
