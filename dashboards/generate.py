@@ -730,10 +730,47 @@ def rollout(q: Queries) -> Dashboard:
 AUTOPILOT_STAGES = ("off", "dark-launch", "l2", "l1-10", "l1-50", "l1-100")
 """The plan's stages by position, as `cachegate_autopilot_stage` reports them."""
 
+AUTOPILOT_TRACKS = (
+    ("l2", ("off", "shadow", "serve"), ("blue", "purple", "green")),
+    (
+        "l1",
+        ("off", "shadow", "l1-10", "l1-50", "l1-100"),
+        ("blue", "purple", "orange", "orange", "green"),
+    ),
+)
+"""The shipped track plan's tracks and their states by position, as
+`cachegate_autopilot_track_state` reports them (flags/rollout-tracks.toml)."""
+
+
+def _track_panel(
+    q: Queries, track: str, states: tuple[str, ...], colours: tuple[str, ...]
+) -> Panel:
+    names = {
+        str(position): {"text": name, "color": colour, "index": position + 1}
+        for position, (name, colour) in enumerate(zip(states, colours, strict=True))
+    }
+    names["-1"] = {"text": "kill switch / unknown", "color": "red", "index": 0}
+    return Panel(
+        f"Autopilot {track.upper()} track over time",
+        f"With a track plan: which state did the autopilot hold the {track.upper()} flags at? "
+        "Each layer advances and rolls back on its own gates; the kill switch shows on both. "
+        "Empty with a plan of whole stages.",
+        (
+            Target(
+                f'max by (job) ({q.metric("autopilot_track_state")}{{{JOB},track="{track}"}})',
+                "{{job}}",
+            ),
+        ),
+        kind="state-timeline",
+        width=8,
+        mappings=({"type": "value", "options": names},),
+    )
+
 
 def autopilot(q: Queries) -> Row:
     """The rollout autopilot (`cachegate rollout run --metrics-port`): stage over time, its
-    last decisions and the gates' verdicts."""
+    last decisions and the gates' verdicts; with a track plan, each track over time and its
+    decisions."""
     colours = ("blue", "purple", "yellow", "orange", "orange", "green")
     stage_names = {
         str(position): {"text": name, "color": colour, "index": position + 1}
@@ -794,6 +831,25 @@ def autopilot(q: Queries) -> Row:
                         },
                     },
                 ),
+            ),
+            *(_track_panel(q, *track) for track in AUTOPILOT_TRACKS),
+            Panel(
+                "Last track decisions",
+                "With a track plan: what did the autopilot decide per track over the shown "
+                "range, by action and reason code? One track can roll back while the other "
+                "advances.",
+                (
+                    Target(
+                        f"sum by (track, action, reason) "
+                        f"(increase({q.metric('autopilot_track_decisions_total')}{{{JOB}}}"
+                        "[$__range])) > 0",
+                        "{{track}} {{action}} {{reason}}",
+                        instant=True,
+                    ),
+                ),
+                kind="stat",
+                width=8,
+                min=0,
             ),
         ),
     )

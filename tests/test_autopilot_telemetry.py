@@ -103,3 +103,48 @@ def test_report_table_and_json() -> None:
     assert record["action"] == "rollback" and record["target"] == "l2"
     assert record["gates"][2]["figure"] is None  # NaN is null in JSON
     assert record["gates"][0]["bound"] == 0.004
+
+
+def test_track_decisions_carry_their_track() -> None:
+    registry = CollectorRegistry()
+    tracks = {"l2": ["off", "shadow", "serve"], "l1": ["off", "shadow", "l1-10"]}
+    metrics = AutopilotMetrics((), tracks=tracks, registry=registry)
+    assert value(registry, "cachegate_autopilot_track_state", track="l1") == -1
+    name = "cachegate_autopilot_track_decisions_total"
+    assert value(registry, name, track="l1", action="rollback", reason="gate_failed") == 0
+    rollback = Decision(
+        at=1.0,
+        stage="l1-10",
+        action=Action.ROLLBACK,
+        code="gate_failed",
+        reason="l1-agreement: agreement below bound",
+        target="shadow",
+        gates=GATES,
+        applied=True,
+        track="l1",
+    )
+    holding = Decision(
+        at=1.0,
+        stage="serve",
+        action=Action.HOLD,
+        code="waiting_for_track",
+        reason="",
+        elapsed=120.0,
+        track="l2",
+    )
+    metrics.record(rollback)
+    metrics.record(holding)
+    assert value(registry, name, track="l1", action="rollback", reason="gate_failed") == 1
+    assert value(registry, name, track="l2", action="hold", reason="waiting_for_track") == 1
+    assert value(registry, name, track="l2", action="rollback", reason="gate_failed") == 0
+    # Also in the counter the rollback alert reads, and the holding gauge its other alert reads.
+    total = "cachegate_autopilot_decisions_total"
+    assert value(registry, total, action="rollback", reason="gate_failed") == 1
+    assert value(registry, "cachegate_autopilot_holding_seconds") == 120.0
+    assert value(registry, "cachegate_autopilot_track_state", track="l1") == 1
+    assert value(registry, "cachegate_autopilot_track_state", track="l2") == 2
+    assert value(registry, "cachegate_autopilot_track_holding_seconds", track="l2") == 120.0
+    verdict = "cachegate_autopilot_track_gate_verdict"
+    assert value(registry, verdict, track="l1", gate="error-rate") == -1
+    assert json.loads(render_json([rollback]))["track"] == "l1"
+    assert render_decision(rollback).splitlines()[0].split("  ")[1] == "track l1"

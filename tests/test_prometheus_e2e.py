@@ -59,6 +59,10 @@ NO_DATA: dict[str, str] = {
     "sum by (action, reason) "
     '(increase(cachegate_autopilot_decisions_total{job=~".+"}[1h])) > 0': _AUTOPILOT,
     'max by (gate) (cachegate_autopilot_gate_verdict{job=~".+"})': _AUTOPILOT,
+    'max by (job) (cachegate_autopilot_track_state{job=~".+",track="l2"})': _AUTOPILOT,
+    'max by (job) (cachegate_autopilot_track_state{job=~".+",track="l1"})': _AUTOPILOT,
+    "sum by (track, action, reason) "
+    '(increase(cachegate_autopilot_track_decisions_total{job=~".+"}[1h])) > 0': _AUTOPILOT,
 }
 """Panel queries that cannot return data in a short, healthy run, with the reason. The demo
 embeds questions through the L2 cache, and the series a healthy run never moves (store failures,

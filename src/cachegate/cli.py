@@ -274,6 +274,10 @@ def rollout(args: argparse.Namespace, err: TextIO) -> int:
         return OK
     if args.action != "rollback" and not args.prometheus:
         raise UsageError("--prometheus URL is needed (the Prometheus that scrapes CacheGate)")
+    if plan.tracks:
+        from cachegate.autopilot.command import rollout_tracks
+
+        return rollout_tracks(args, plan, _admin_token(), err)
     controller, close = _controller(
         plan,
         prometheus=args.prometheus,
@@ -417,6 +421,7 @@ def _rollout_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser
             sub.add_argument(
                 "--kill-switch", action="store_true", help="pull the kill switch instead"
             )
+            sub.add_argument("--track", help="a track plan: roll back this track a state")
             sub.set_defaults(prometheus=None)
         else:
             sub.set_defaults(kill_switch=False)

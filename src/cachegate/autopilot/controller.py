@@ -22,7 +22,7 @@ from cachegate.autopilot.gates import (
     Verdict,
     evaluate,
 )
-from cachegate.autopilot.plan import OnFail, Plan, StagePlan
+from cachegate.autopilot.plan import OnFail, Plan, PlanError, StagePlan
 from cachegate.flagadmin import ServerStage
 
 __all__ = ["KILL_SWITCH", "Action", "Controller", "Decision", "StageStore"]
@@ -74,6 +74,8 @@ class Decision:
     gates: tuple[GateResult, ...] = ()
     applied: bool = False
     dry_run: bool = False
+    track: str | None = None
+    """The track this decision is about (a track plan); None for a plan of whole stages."""
 
 
 @dataclass
@@ -87,6 +89,13 @@ class Controller:
     dry_run: bool = False
     _failures: dict[str, int] = field(default_factory=dict)
     _failures_stage: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.plan.tracks:
+            raise PlanError(
+                f"{self.plan.source}: a plan of [[tracks]] is run by "
+                "cachegate.autopilot.tracks.TrackController, not by stages"
+            )
 
     def status(self) -> Decision:
         """What `step` would decide now, without counting failures or acting."""

@@ -7,6 +7,7 @@ naming the file, the place and the fix, so a wrong plan never reaches Unleash.
 
 from __future__ import annotations
 
+import json
 import math
 import re
 import tomllib
@@ -16,7 +17,17 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from cachegate.flags import UnknownStageError, flags_dir, stage_path
+from cachegate.flags import (
+    FLAG_L1_SERVE,
+    FLAG_L1_SHADOW,
+    FLAG_L1_VERIFY,
+    FLAG_L2_SERVE,
+    FLAG_L2_SHADOW,
+    FLAGS,
+    UnknownStageError,
+    flags_dir,
+    stage_path,
+)
 
 __all__ = [
     "PLAN_FILE",
@@ -26,6 +37,8 @@ __all__ = [
     "Plan",
     "PlanError",
     "StagePlan",
+    "TrackPlan",
+    "TrackState",
     "default_plan_path",
     "load_plan",
     "parse_duration",
@@ -94,15 +107,68 @@ class StagePlan:
     gates: tuple[GateSpec, ...]
 
 
+LAYER_FLAGS: dict[str, tuple[str, ...]] = {
+    "l1": (FLAG_L1_SHADOW, FLAG_L1_SERVE, FLAG_L1_VERIFY),
+    "l2": (FLAG_L2_SHADOW, FLAG_L2_SERVE),
+}
+"""The flags a track of each layer owns (the kill switch belongs to no track)."""
+
+_GATE_LAYERS = {"query_result": "l1", "embedding": "l2"}
+
+
+@dataclass(frozen=True, slots=True)
+class TrackState:
+    """One state of a track: its layer's flags as in stage file `flags_from`, how long to watch
+    it, its gates, and (`requires`) the state another track must have reached before this one
+    is entered, e.g. L1 serves only once L2 has passed its shadow gates."""
+
+    name: str
+    flags_from: str
+    min_observation: float
+    gates: tuple[GateSpec, ...]
+    requires: tuple[str, str] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class TrackPlan:
+    """A layer that progresses on its own: its states in order, touching only its flags."""
+
+    name: str
+    layer: str
+    flags: tuple[str, ...]
+    states: tuple[TrackState, ...]
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """The state names in rollout order."""
+        return tuple(state.name for state in self.states)
+
+    def index(self, name: str) -> int:
+        """The position of state `name`; KeyError if absent."""
+        try:
+            return self.names.index(name)
+        except ValueError:
+            raise KeyError(name) from None
+
+
 @dataclass(frozen=True, slots=True)
 class Plan:
-    """The validated plan: stages in rollout order and the settings of the controller."""
+    """The validated plan: stages in rollout order (or, with `tracks`, one order per layer) and
+    the settings of the controller. A track plan has no stages."""
 
     stages: tuple[StagePlan, ...]
     interval: float
     settle: float
     selector: str
     source: str
+    tracks: tuple[TrackPlan, ...] = ()
+
+    def track(self, name: str) -> TrackPlan:
+        """The track called `name`; KeyError if the plan has none."""
+        for track in self.tracks:
+            if track.name == name:
+                return track
+        raise KeyError(name)
 
     def stage(self, name: str) -> StagePlan:
         """The stage called `name`; KeyError if the plan has none."""
@@ -158,8 +224,10 @@ def load_plan(path: Path | None = None, environ: Mapping[str, str] | None = None
     return parse_plan(data, source=str(path), environ=environ)
 
 
-_TOP = {"version", "selector", "interval", "settle", "stages", "gates"}
+_TOP = {"version", "selector", "interval", "settle", "stages", "gates", "tracks"}
 _STAGE_KEYS = {"name", "min_observation", "gates"}
+_TRACK_KEYS = {"name", "layer", "flags", "states"}
+_STATE_KEYS = {"name", "flags_from", "min_observation", "gates", "requires"}
 _COMMON = {"kind", "window", "failure_limit", "on_fail", "min_sample", "rollback_to"}
 _KIND_KEYS: dict[GateKind, tuple[set[str], set[str]]] = {
     # kind: (required, optional) besides the common keys
@@ -189,6 +257,21 @@ def parse_plan(
     if not isinstance(raw_gates, dict):
         raise PlanError(f"{source}: [gates] must be a table of gate tables")
     gates = {name: _gate(name, spec, source) for name, spec in raw_gates.items()}
+    if "tracks" in data:
+        if "stages" in data:
+            raise PlanError(
+                f"{source}: a plan has either [[stages]] (one order for every layer) or "
+                "[[tracks]] (one order per layer), not both"
+            )
+        tracks = _tracks(data["tracks"], gates, source, environ)
+        return Plan(
+            stages=(),
+            interval=interval,
+            settle=settle,
+            selector=selector,
+            source=source,
+            tracks=tracks,
+        )
     raw_stages = data.get("stages")
     if not isinstance(raw_stages, list) or not raw_stages:
         raise PlanError(f"{source}: the plan needs at least one [[stages]] entry")
@@ -204,6 +287,183 @@ def parse_plan(
                 f"of the plan ({', '.join(names)})"
             )
     return Plan(stages=stages, interval=interval, settle=settle, selector=selector, source=source)
+
+
+def _tracks(
+    raw: Any, gates: Mapping[str, GateSpec], source: str, environ: Mapping[str, str] | None
+) -> tuple[TrackPlan, ...]:
+    if not isinstance(raw, list) or not raw:
+        raise PlanError(f"{source}: 'tracks' must be a list of [[tracks]] tables")
+    tracks = tuple(_track(i, entry, gates, source, environ) for i, entry in enumerate(raw))
+    seen: dict[str, str] = {}
+    for track in tracks:
+        if track.name in seen.values():
+            raise PlanError(f"{source}: track {track.name!r} appears more than once")
+        if track.layer in seen:
+            raise PlanError(
+                f"{source}: layer {track.layer} is in two tracks ({seen[track.layer]!r} and "
+                f"{track.name!r}); a layer's flags can follow one order only"
+            )
+        seen[track.layer] = track.name
+    names = {track.name: track for track in tracks}
+    for track in tracks:
+        for state in track.states:
+            if state.requires is None:
+                continue
+            other, wanted = state.requires
+            where = f"{source}: track {track.name!r} state {state.name!r}: requires"
+            if other == track.name or other not in names:
+                known = ", ".join(n for n in names if n != track.name) or "none"
+                raise PlanError(f"{where}: {other!r} is no other track (others: {known})")
+            if wanted not in names[other].names:
+                raise PlanError(
+                    f"{where}: track {other!r} has no state {wanted!r} "
+                    f"({', '.join(names[other].names)})"
+                )
+    return tracks
+
+
+def _track(
+    index: int,
+    raw: Any,
+    gates: Mapping[str, GateSpec],
+    source: str,
+    environ: Mapping[str, str] | None,
+) -> TrackPlan:
+    where = f"{source}: tracks[{index}]"
+    if not isinstance(raw, dict):
+        raise PlanError(f"{where} must be a table")
+    _no_unknown(raw, _TRACK_KEYS, where)
+    name = raw.get("name")
+    if not isinstance(name, str) or not name:
+        raise PlanError(f"{where}: 'name' must be a non-empty string")
+    where = f"{source}: track {name!r}"
+    layer = raw.get("layer")
+    if layer not in LAYER_FLAGS:
+        raise PlanError(f"{where}: 'layer' must be 'l1' or 'l2', not {layer!r}")
+    flags = raw.get("flags", list(LAYER_FLAGS[layer]))
+    if not isinstance(flags, list) or not flags or not all(isinstance(f, str) for f in flags):
+        raise PlanError(f"{where}: 'flags' must be a list of flag names")
+    for flag in flags:
+        if flag not in FLAGS:
+            raise PlanError(f"{where}: unknown flag {flag!r} (known: {', '.join(FLAGS)})")
+        if flag not in LAYER_FLAGS[layer]:
+            raise PlanError(
+                f"{where}: flag {flag!r} is not of layer {layer} "
+                f"({', '.join(LAYER_FLAGS[layer])}); the kill switch belongs to no track"
+            )
+    raw_states = raw.get("states")
+    if not isinstance(raw_states, list) or len(raw_states) < 2:
+        raise PlanError(f"{where}: a track needs at least two [[tracks.states]]")
+    states = tuple(
+        _track_state(i, entry, layer, gates, where, environ) for i, entry in enumerate(raw_states)
+    )
+    state_names = [state.name for state in states]
+    duplicates = sorted({n for n in state_names if state_names.count(n) > 1})
+    if duplicates:
+        raise PlanError(f"{where}: state {', '.join(duplicates)} appears more than once")
+    flag_sets: dict[str, str] = {}
+    for state in states:
+        key = _layer_flags_key(state.flags_from, tuple(flags), environ)
+        if key in flag_sets:
+            raise PlanError(
+                f"{where}: states {flag_sets[key]!r} and {state.name!r} set the same flags "
+                f"(from stages of the same {layer} flags); Unleash could not tell them apart"
+            )
+        flag_sets[key] = state.name
+        for gate in state.gates:
+            if gate.rollback_to is not None and gate.rollback_to not in state_names:
+                raise PlanError(
+                    f"{where} state {state.name!r}: [gates.{gate.name}] rollback_to "
+                    f"{gate.rollback_to!r} is no state of this track ({', '.join(state_names)})"
+                )
+    return TrackPlan(name=name, layer=layer, flags=tuple(flags), states=states)
+
+
+def _track_state(
+    index: int,
+    raw: Any,
+    layer: str,
+    gates: Mapping[str, GateSpec],
+    track_where: str,
+    environ: Mapping[str, str] | None,
+) -> TrackState:
+    where = f"{track_where} states[{index}]"
+    if not isinstance(raw, dict):
+        raise PlanError(f"{where} must be a table")
+    _no_unknown(raw, _STATE_KEYS, where)
+    name = raw.get("name")
+    if not isinstance(name, str) or not name:
+        raise PlanError(f"{where}: 'name' must be a non-empty string")
+    where = f"{track_where} state {name!r}"
+    flags_from = raw.get("flags_from")
+    if not isinstance(flags_from, str) or not flags_from:
+        raise PlanError(
+            f"{where}: 'flags_from' must name the stage file whose {layer} flags to use"
+        )
+    try:
+        stage_path(flags_from, environ)
+    except UnknownStageError as exc:
+        raise PlanError(f"{where}: flags_from: {exc}") from None
+    names = raw.get("gates", [])
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise PlanError(f"{where}: 'gates' must be a list of gate names")
+    missing = [n for n in names if n not in gates]
+    if missing:
+        raise PlanError(
+            f"{where}: no [gates.{missing[0]}] defined (defined: {', '.join(sorted(gates))})"
+        )
+    for gate_name in names:
+        gate = gates[gate_name]
+        if gate.layer is not None and _GATE_LAYERS[gate.layer] != layer:
+            raise PlanError(
+                f"{where}: [gates.{gate_name}] judges layer {gate.layer} "
+                f"({_GATE_LAYERS[gate.layer]}), not this track's layer {layer}"
+            )
+    requires = raw.get("requires")
+    required: tuple[str, str] | None = None
+    if requires is not None:
+        if (
+            not isinstance(requires, str)
+            or requires.count(":") != 1
+            or not all(requires.split(":"))
+        ):
+            raise PlanError(f"{where}: 'requires' must be 'track:state', e.g. 'l2:serve'")
+        track, state = requires.split(":")
+        required = (track, state)
+    observation = parse_duration(raw.get("min_observation", "0s"), f"{where}: min_observation")
+    return TrackState(
+        name=name,
+        flags_from=flags_from,
+        min_observation=observation,
+        gates=tuple(gates[n] for n in names),
+        requires=required,
+    )
+
+
+def _layer_flags_key(stage: str, flags: tuple[str, ...], environ: Mapping[str, str] | None) -> str:
+    """What the stage file sets for `flags` (on/off and strategies), comparable by equality."""
+    try:
+        document = json.loads(stage_path(stage, environ).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise PlanError(f"stage file {stage!r} cannot be read: {exc}") from None
+    features = {f.get("name"): f for f in document.get("features", []) if isinstance(f, dict)}
+    absent = [flag for flag in flags if flag not in features]
+    if absent:
+        raise PlanError(f"stage file {stage!r} does not define {', '.join(absent)}")
+    return json.dumps(
+        [
+            [
+                bool(features[flag].get("enabled")),
+                [
+                    [s.get("name"), {k: str(v) for k, v in (s.get("parameters") or {}).items()}]
+                    for s in features[flag].get("strategies") or []
+                ],
+            ]
+            for flag in flags
+        ],
+        sort_keys=True,
+    )
 
 
 def _no_unknown(table: Mapping[str, Any], known: set[str], where: str) -> None:

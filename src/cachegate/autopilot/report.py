@@ -10,7 +10,7 @@ from typing import Any
 
 from cachegate.autopilot.controller import Decision
 from cachegate.autopilot.gates import GateResult
-from cachegate.autopilot.plan import Plan
+from cachegate.autopilot.plan import Plan, StagePlan, TrackState
 
 __all__ = ["decision_dict", "render_decision", "render_json", "render_plan"]
 
@@ -35,6 +35,7 @@ def decision_dict(decision: Decision) -> dict[str, Any]:
     return {
         "at": datetime.fromtimestamp(decision.at, UTC).isoformat(),
         "stage": decision.stage,
+        "track": decision.track,
         "action": decision.action.value,
         "target": decision.target,
         "reason": decision.reason,
@@ -72,7 +73,8 @@ def render_decision(decision: Decision, *, colour: bool = False) -> str:
     state = "" if decision.applied or not decision.target else " (not applied)"
     if decision.dry_run and decision.target:
         state = " (dry run: not applied)"
-    head = f"{when}  stage {decision.stage or '?'}  {decision.action.value.upper()}{move}{state}"
+    where = f"track {decision.track}  state" if decision.track else "stage"
+    head = f"{when}  {where} {decision.stage or '?'}  {decision.action.value.upper()}{move}{state}"
     lines = [f"{_BOLD}{head}{_RESET}" if colour else head, f"  {decision.reason}"]
     if decision.gates:
         rows = [("GATE", "VERDICT", "FIGURE", "BOUND", "THRESHOLD", "SAMPLE", "WHY")]
@@ -98,17 +100,28 @@ def render_decision(decision: Decision, *, colour: bool = False) -> str:
 
 
 def render_plan(plan: Plan) -> str:
-    """The plan's stages in order with their observation times and gates."""
+    """The plan's stages (or each track's states) in order with observation times and gates."""
     lines = [f"rollout plan {plan.source}", f"evaluated every {plan.interval:g}s", ""]
+    steps: list[StagePlan | TrackState] = list(plan.stages)
     for position, stage in enumerate(plan.stages):
         gates = ", ".join(gate.name for gate in stage.gates) or "none"
         lines.append(
             f"{position}. {stage.name:<12} observe >= {stage.min_observation:g}s  gates: {gates}"
         )
+    for track in plan.tracks:
+        lines.append(f"track {track.name} (layer {track.layer}: {', '.join(track.flags)})")
+        for position, state in enumerate(track.states):
+            steps.append(state)
+            gates = ", ".join(gate.name for gate in state.gates) or "none"
+            after = f"  after {':'.join(state.requires)}" if state.requires else ""
+            lines.append(
+                f"  {position}. {state.name:<10} flags of {state.flags_from:<12}"
+                f" observe >= {state.min_observation:g}s  gates: {gates}{after}"
+            )
     lines.append("")
     seen: dict[str, str] = {}
-    for stage in plan.stages:
-        for gate in stage.gates:
+    for step in steps:
+        for gate in step.gates:
             limit = next(
                 f"{key} {value:g}"
                 for key, value in (

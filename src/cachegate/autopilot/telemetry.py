@@ -6,7 +6,7 @@ Exported by `cachegate rollout run --metrics-port`; the rollout dashboard and th
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge
 
@@ -23,6 +23,7 @@ REASON_CODES: dict[Action, tuple[str, ...]] = {
         "gate_holding",
         "gate_failing",
         "gate_failed",
+        "waiting_for_track",
         "metrics_unavailable",
         "kill_switch",
         "unknown_stage",
@@ -43,11 +44,44 @@ class AutopilotMetrics:
         self,
         stages: Sequence[str],
         *,
+        tracks: Mapping[str, Sequence[str]] | None = None,
         namespace: str = "cachegate",
         registry: CollectorRegistry | None = REGISTRY,
     ) -> None:
         ns, reg = namespace, registry
         self._stages = list(stages)
+        self._tracks = {name: list(states) for name, states in (tracks or {}).items()}
+        self._track_holding: dict[str, float] = {}
+        self.track_state = Gauge(
+            "autopilot_track_state",
+            "Position of a track's current state in its order (0 = first; a track plan); -1: "
+            "the kill switch is on or the layer's flags match no state.",
+            ["track"],
+            namespace=ns,
+            registry=reg,
+        )
+        self.track_decisions = Counter(
+            "autopilot_track_decisions",
+            "Autopilot decisions of a track plan by track, action and reason (each is also "
+            "counted in autopilot_decisions_total).",
+            ["track", "action", "reason"],
+            namespace=ns,
+            registry=reg,
+        )
+        self.track_gate_verdict = Gauge(
+            "autopilot_track_gate_verdict",
+            "A gate's last verdict in a track: 1 pass, 0 hold, -1 fail.",
+            ["track", "gate"],
+            namespace=ns,
+            registry=reg,
+        )
+        self.track_holding = Gauge(
+            "autopilot_track_holding_seconds",
+            "Seconds since a track's current state began while the autopilot holds it.",
+            ["track"],
+            namespace=ns,
+            registry=reg,
+        )
         self.stage = Gauge(
             "autopilot_stage",
             "Position of the current stage in the rollout plan (0 = first); -1: the kill switch "
@@ -105,12 +139,20 @@ class AutopilotMetrics:
         for action, reasons in REASON_CODES.items():
             for reason in reasons:
                 self.decisions.labels(action.value, reason)
+                for track in self._tracks:
+                    self.track_decisions.labels(track, action.value, reason)
         self.stage.set(-1)
+        for track in self._tracks:
+            self.track_state.labels(track).set(-1)
+            self.track_holding.labels(track).set(0)
 
     def record(self, decision: Decision) -> None:
-        """Count `decision` and publish its figures."""
+        """Count `decision` and publish its figures (a track's under its `track` label)."""
         self.decisions.labels(decision.action.value, decision.code or "unknown").inc()
         self.last_decision.set(decision.at)
+        if decision.track is not None:
+            self._record_track(decision.track, decision)
+            return
         stage = decision.target if decision.applied and decision.target else decision.stage
         known = stage in self._stages and decision.code != "kill_switch"
         self.stage.set(self._stages.index(stage) if known and stage is not None else -1)
@@ -124,13 +166,30 @@ class AutopilotMetrics:
             self.gate_threshold.labels(result.gate).set(threshold)
             self.gate_verdict.labels(result.gate).set(_VERDICTS[result.verdict])
 
+    def _record_track(self, track: str, decision: Decision) -> None:
+        action, code = decision.action.value, decision.code or "unknown"
+        self.track_decisions.labels(track, action, code).inc()
+        states = self._tracks.get(track, [])
+        state = decision.target if decision.applied and decision.target else decision.stage
+        known = state in states and decision.code != "kill_switch"
+        self.track_state.labels(track).set(states.index(state) if known and state else -1)
+        holding = decision.action is Action.HOLD and decision.elapsed is not None
+        held = decision.elapsed if holding and decision.elapsed is not None else 0.0
+        self.track_holding.labels(track).set(held)
+        self._track_holding[track] = held
+        self.holding.set(max(self._track_holding.values()))
+        for result in decision.gates:
+            self.track_gate_verdict.labels(track, result.gate).set(_VERDICTS[result.verdict])
+
 
 _default: AutopilotMetrics | None = None
 
 
-def default_autopilot_metrics(stages: Sequence[str]) -> AutopilotMetrics:
+def default_autopilot_metrics(
+    stages: Sequence[str], tracks: Mapping[str, Sequence[str]] | None = None
+) -> AutopilotMetrics:
     """The process's autopilot metrics in the default registry, created once."""
     global _default
     if _default is None:
-        _default = AutopilotMetrics(stages)
+        _default = AutopilotMetrics(stages, tracks=tracks)
     return _default
