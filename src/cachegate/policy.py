@@ -18,7 +18,6 @@ from cachegate.extractors import (
     ClientValue,
     Extractor,
     Guard,
-    Headers,
     RequestView,
     as_int,
     authenticated,
@@ -31,6 +30,7 @@ from cachegate.extractors import (
     trusted_header,
 )
 from cachegate.keys import Normalization
+from cachegate.types import Headers
 
 __all__ = [
     "Ambiguous",

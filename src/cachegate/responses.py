@@ -4,17 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable, MutableMapping, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
-from typing import Any
 
 from cachegate.policy import Streams
-
-Message = MutableMapping[str, Any]
-Send = Callable[[Message], Awaitable[None]]
-Receive = Callable[[], Awaitable[Message]]
-Headers = list[tuple[bytes, bytes]]
+from cachegate.types import Headers, Message, Receive, Send
 
 HEADER = b"x-cachegate"
 HOP_BY_HOP = frozenset(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from cachegate.keys import KeySpace, Scope, normalize_value
+from cachegate.keys import CacheScope, KeySpace, normalize_value
 from cachegate.metrics import Metrics
 from cachegate.policy import BadRequest, Extractor, Policy, RequestView, scope_text
 from cachegate.store.base import MISSING_GENERATION, Store, StoreError
@@ -25,7 +25,7 @@ class RequestFacts:
     """What the cache knows of one request: its policy, scope, entry key and generations."""
 
     policy: Policy
-    scope: Scope
+    scope: CacheScope
     key: str
     generation_keys: tuple[str, ...]
 
@@ -68,7 +68,7 @@ class ResultCache:
         subject = None
         if policy.subject is not None:
             subject = scope_text(_extract(policy.subject, request))
-        scope = Scope(tenant, subject)
+        scope = CacheScope(tenant, subject)
         try:
             material = {
                 name: normalize_value(_extract(extractor, request), policy.normalization)

@@ -23,7 +23,7 @@ from cachegate import (
     RedisStore,
     WriteRule,
     body_field,
-    header,
+    trusted_header,
 )
 from cachegate.metrics import exposition
 
@@ -61,7 +61,7 @@ def make_app() -> FastAPI:
     store = RedisStore.from_url(
         os.environ["REDIS_URL"], deadline=float(os.environ.get("CACHEGATE_DEADLINE", "0.5"))
     )
-    tenant = header("x-workspace-id")
+    tenant = trusted_header("x-workspace-id")  # the tests play the trusted proxy
     gate = CacheGate(
         policies=[
             Policy(
