@@ -85,7 +85,7 @@ UNCACHEABLE_REASONS = (
     "stream_too_large",
 )
 STREAM_HIT_SOURCES = ("store", "tee")
-"""Where a streamed hit came from: replayed from the store, or shared live from a leader."""
+"""Where a streamed hit came from: sent from the store, or shared live from a leader."""
 STREAM_SERVED = ("hit", "tee", "fresh")
 """Values of `served` on the time-to-first-byte histogram of streamed answers."""
 TEE_OUTCOMES = ("complete", "fallback", "diverged")
@@ -335,7 +335,7 @@ class Metrics:
         ns, reg = self.namespace, self._registry
         self.stream_hits = Counter(
             "stream_hits",
-            "Streamed answers served from the cache: replayed from the store or shared live "
+            "Streamed answers served from the cache: sent from the store or shared live "
             "from an identical request's stream (tee).",
             ["source"],
             namespace=ns,
@@ -344,7 +344,7 @@ class Metrics:
         self.stream_first_byte = Histogram(
             "stream_first_byte_seconds",
             "Time from the request to the first body byte of a streamed answer, by how it was "
-            "served: hit (replayed from the store), tee (a leader's live stream), fresh.",
+            "served: hit (sent from the store), tee (a leader's live stream), fresh.",
             ["served"],
             namespace=ns,
             registry=reg,

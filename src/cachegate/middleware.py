@@ -2,7 +2,7 @@
 logic lives in `results`, `invalidation`, `experiment`, `writes` and the store.
 
 Routes without a policy or write rule go to the app untouched. A matched request has its body
-read (capped) and replayed exactly; the response says what happened in `X-CacheGate`. The cache
+read (capped) and again exactly; the response says what happened in `X-CacheGate`. The cache
 never turns a good request into an error: every store failure falls back to the fresh path.
 """
 
@@ -29,9 +29,9 @@ from cachegate.responses import (
     add_header,
     answer_content,
     refusal,
-    replay,
-    replay_stream,
     request_refuses_cache,
+    send_entry,
+    send_stream,
     storable_headers,
 )
 from cachegate.results import LAYER, Found, RequestFacts
@@ -121,13 +121,13 @@ class CacheResponder:
     async def _handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         gate = self.gate
         body = await read_body(receive, gate.max_body_bytes)
-        replayed = body.replay(receive)
+        again = body.receive_again(receive)
         if not body.complete:
             reason = "body_too_large" if body.too_large else "disconnected"
-            return await self._bypass(reason, OFF, scope, replayed, send)
+            return await self._bypass(reason, OFF, scope, again, send)
         headers = scope.get("headers", [])
         if sum(len(name) + len(value) for name, value in headers) > gate.max_header_bytes:
-            return await self._bypass("headers_too_large", OFF, scope, replayed, send)
+            return await self._bypass("headers_too_large", OFF, scope, again, send)
         request = RequestView.of(scope, self.match.path_params, body.body)
         try:
             tenant = gate.results.tenant(self.policy, request)
@@ -136,17 +136,17 @@ class CacheResponder:
         else:
             reason = "no_tenant"
         if tenant is None:
-            return await self._bypass(reason, OFF, scope, replayed, send)
+            return await self._bypass(reason, OFF, scope, again, send)
         decision = gate.rollout.decide(tenant)
         self.counts.decided(decision.l1, decision.l2)
         if decision.l1 is Mode.OFF:
-            return await self._bypass("mode_off", decision, scope, replayed, send, tenant)
+            return await self._bypass("mode_off", decision, scope, again, send, tenant)
         if self.policy.honor_request_no_cache and request_refuses_cache(headers):
-            return await self._bypass("request_no_cache", decision, scope, replayed, send, tenant)
+            return await self._bypass("request_no_cache", decision, scope, again, send, tenant)
         if self.policy.guard is not None:
             refused = await _refusal(self.policy.guard, request)
             if refused is not None:
-                return await self._bypass(refused, decision, scope, replayed, send, tenant)
+                return await self._bypass(refused, decision, scope, again, send, tenant)
         try:
             facts = gate.results.facts(self.policy, request, tenant)
         except BadRequest as error:
@@ -154,18 +154,16 @@ class CacheResponder:
         else:
             reason = ""
         if reason:
-            return await self._bypass(reason, decision, scope, replayed, send, tenant)
+            return await self._bypass(reason, decision, scope, again, send, tenant)
         if gate.invalidator.is_pending(facts.scope):
-            return await self._bypass(
-                "invalidation_pending", decision, scope, replayed, send, tenant
-            )
+            return await self._bypass("invalidation_pending", decision, scope, again, send, tenant)
         _remember(scope, decision)
         tokens = enter_decision(decision, tenant)
         try:
             if decision.l1 is Mode.SERVE:
-                await self._serve(facts, decision, scope, body, replayed, send)
+                await self._serve(facts, decision, scope, body, again, send)
             else:
-                await self._shadow(facts, scope, body, replayed, send)
+                await self._shadow(facts, scope, body, again, send)
         finally:
             exit_decision(tokens)
 
@@ -296,7 +294,7 @@ class CacheResponder:
                 self.path = "shared"  # waited on a leader: not a hit's latency
                 self.counts.hits.inc()
                 self._avoided()
-                await replay(send, shared.status, shared.headers, shared.body, b"hit")
+                await send_entry(send, shared.status, shared.headers, shared.body, b"hit")
                 return
             self.counts.misses.inc()
             await self._miss(facts, generations, scope, receive, send)
@@ -325,7 +323,7 @@ class CacheResponder:
                 outcome = "not_shared" if shared is None else "shared"
             gate.metrics.single_flight.labels(outcome).inc()
             if isinstance(shared, Entry):
-                await replay(send, shared.status, shared.headers, shared.body, b"bypass")
+                await send_entry(send, shared.status, shared.headers, shared.body, b"bypass")
             else:
                 await self.app(scope, receive, add_header(send, b"bypass"))
             return
@@ -428,19 +426,19 @@ class CacheResponder:
         self.counts.hits.inc()
         self._avoided()
         if found.chunks and self.policy.streams is not None:
-            await self._replay_stream(StreamEntry(entry, found.chunks), send)
+            await self._send_stream(StreamEntry(entry, found.chunks), send)
         else:
-            await replay(send, entry.status, entry.headers, entry.body, b"hit")
+            await send_entry(send, entry.status, entry.headers, entry.body, b"hit")
         if decision.verify and self.policy.rerun_safe:
             gate.background(self._verify(entry, facts, scope, body))
 
-    async def _replay_stream(self, stream: StreamEntry, send: Send) -> None:
+    async def _send_stream(self, stream: StreamEntry, send: Send) -> None:
         """Replay a stored stream in its chunks at the policy's pacing."""
         streams = self.policy.streams
         assert streams is not None
         entry = stream.entry
         timed = self._timed(send)
-        await replay_stream(timed, entry.status, entry.headers, stream.pieces(), b"hit", streams)
+        await send_stream(timed, entry.status, entry.headers, stream.pieces(), b"hit", streams)
         self.gate.metrics.stream_hits.labels("store").inc()
         self._observe_first_byte("hit", True)
 

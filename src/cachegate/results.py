@@ -140,7 +140,7 @@ class ResultCache:
         chunks: tuple[tuple[int, int], ...] = (),
     ) -> Entry | None:
         """Store a fresh response under the generations read before it was computed; with
-        `chunks`, as a streamed entry that replays in those chunks."""
+        `chunks`, as a streamed entry that is sent in those chunks."""
         entry = Entry(status, headers, body, generations)
         data = encode_stream_entry(StreamEntry(entry, chunks)) if chunks else encode_entry(entry)
         if len(data) > self.max_entry_bytes:

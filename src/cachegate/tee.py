@@ -43,7 +43,7 @@ class StreamDiverged(Exception):
 
 
 class LiveStream:
-    """One leader's stream as it is produced: status, headers to replay, chunks so far."""
+    """One leader's stream as it is produced: status, headers to send, chunks so far."""
 
     def __init__(self, status: int, headers: Headers, max_bytes: int) -> None:
         self.status = status

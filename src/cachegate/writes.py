@@ -38,7 +38,7 @@ class WriteResponder:
         tenants = _write_tenants(self.rule.tenant, request)
         if not tenants:
             self.gate.metrics.bypasses.labels("no_tenant").inc()
-            await self.app(scope, body.replay(receive), send)
+            await self.app(scope, body.receive_again(receive), send)
             return
         subject = None
         if self.rule.subject is not None and body.complete and len(tenants) == 1:
@@ -50,7 +50,7 @@ class WriteResponder:
 
         held = HeldResponse(send, self.gate.max_entry_bytes, release)
         try:
-            await self.app(scope, body.replay(receive), held)
+            await self.app(scope, body.receive_again(receive), held)
         finally:
             await held.release()
             # The route's call returns after its background work (Starlette's BackgroundTasks
