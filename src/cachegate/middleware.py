@@ -110,79 +110,67 @@ class CacheResponder:
         self.counts = gate.route_metrics[policy.route]
         self.started = 0.0
         self.first_byte: float | None = None
+        self.decision = OFF
+        self.tenant: str | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         self.started = time.perf_counter()
         try:
-            await self._handle(scope, receive, send)
+            body = await read_body(receive, self.gate.max_body_bytes)
+            again = body.receive_again(receive)
+            admitted = await self._admit(scope, body)
+            _remember(scope, self.decision)
+            tokens = enter_decision(self.decision, self.tenant)
+            try:
+                if isinstance(admitted, str):
+                    self.counts.bypass(admitted)
+                    await self.app(scope, again, add_header(send, b"bypass"))
+                elif self.decision.l1 is Mode.SERVE:
+                    await self._serve(admitted, self.decision, scope, body, again, send)
+                else:
+                    await self._shadow(admitted, scope, body, again, send)
+            finally:
+                exit_decision(tokens)
         finally:
             self.counts.duration[self.path].observe(time.perf_counter() - self.started)
 
-    async def _handle(self, scope: Scope, receive: Receive, send: Send) -> None:
-        gate = self.gate
-        body = await read_body(receive, gate.max_body_bytes)
-        again = body.receive_again(receive)
+    async def _admit(self, scope: Scope, body: RequestBody) -> RequestFacts | str:
+        """The request's facts, or the reason it bypasses (the app answers as it would).
+
+        Sets the tenant and the decision as soon as they are known, so a bypass after them
+        still carries them to the app's code (the L2 embedder reads them).
+        """
+        gate, policy = self.gate, self.policy
         if not body.complete:
-            reason = "body_too_large" if body.too_large else "disconnected"
-            return await self._bypass(reason, OFF, scope, again, send)
+            return "body_too_large" if body.too_large else "disconnected"
         headers = scope.get("headers", [])
         if sum(len(name) + len(value) for name, value in headers) > gate.max_header_bytes:
-            return await self._bypass("headers_too_large", OFF, scope, again, send)
+            return "headers_too_large"
         request = RequestView.of(scope, self.match.path_params, body.body)
         try:
-            tenant = gate.results.tenant(self.policy, request)
+            tenant = gate.results.tenant(policy, request)
         except BadRequest as error:
-            reason, tenant = error.reason, None
-        else:
-            reason = "no_tenant"
+            return error.reason
         if tenant is None:
-            return await self._bypass(reason, OFF, scope, again, send)
-        decision = gate.rollout.decide(tenant)
+            return "no_tenant"
+        self.tenant = tenant
+        self.decision = decision = gate.rollout.decide(tenant)
         self.counts.decided(decision.l1, decision.l2)
         if decision.l1 is Mode.OFF:
-            return await self._bypass("mode_off", decision, scope, again, send, tenant)
-        if self.policy.honor_request_no_cache and request_refuses_cache(headers):
-            return await self._bypass("request_no_cache", decision, scope, again, send, tenant)
-        if self.policy.guard is not None:
-            refused = await _refusal(self.policy.guard, request)
+            return "mode_off"
+        if policy.honor_request_no_cache and request_refuses_cache(headers):
+            return "request_no_cache"
+        if policy.guard is not None:
+            refused = await _refusal(policy.guard, request)
             if refused is not None:
-                return await self._bypass(refused, decision, scope, again, send, tenant)
+                return refused
         try:
-            facts = gate.results.facts(self.policy, request, tenant)
+            facts = gate.results.facts(policy, request, tenant)
         except BadRequest as error:
-            reason = error.reason
-        else:
-            reason = ""
-        if reason:
-            return await self._bypass(reason, decision, scope, again, send, tenant)
+            return error.reason
         if gate.invalidator.is_pending(facts.scope):
-            return await self._bypass("invalidation_pending", decision, scope, again, send, tenant)
-        _remember(scope, decision)
-        tokens = enter_decision(decision, tenant)
-        try:
-            if decision.l1 is Mode.SERVE:
-                await self._serve(facts, decision, scope, body, again, send)
-            else:
-                await self._shadow(facts, scope, body, again, send)
-        finally:
-            exit_decision(tokens)
-
-    async def _bypass(
-        self,
-        reason: str,
-        decision: Decision,
-        scope: Scope,
-        receive: Receive,
-        send: Send,
-        tenant: str | None = None,
-    ) -> None:
-        self.counts.bypass(reason)
-        _remember(scope, decision)
-        tokens = enter_decision(decision, tenant)
-        try:
-            await self.app(scope, receive, add_header(send, b"bypass"))
-        finally:
-            exit_decision(tokens)
+            return "invalidation_pending"
+        return facts
 
     async def _lookup(self, facts: RequestFacts, mode: Mode) -> Found:
         span = tracing.tracer.start_span("cachegate.lookup")
