@@ -34,13 +34,13 @@ from cachegate.responses import (
     send_stream,
     storable_headers,
 )
-from cachegate.results import LAYER, Found, RequestFacts
+from cachegate.results import Found, RequestFacts
 from cachegate.rollout import OFF, Decision, Mode, enter_decision, exit_decision
 from cachegate.singleflight import Flight
 from cachegate.store.codec import Entry, StreamEntry
 from cachegate.tee import LeaderFailed, LiveStream, Publisher, Resume, StreamDiverged
 from cachegate.types import ASGIApp, Message, Receive, Scope, Send
-from cachegate.vocabulary import ComparisonKind
+from cachegate.vocabulary import ComparisonKind, Layer
 from cachegate.writes import WriteResponder
 
 SHADOW, VERIFY, NOISE = ComparisonKind.SHADOW, ComparisonKind.VERIFY, ComparisonKind.NOISE
@@ -180,7 +180,7 @@ class CacheResponder:
                 outcome = "error" if found.generations is None else "hit" if found.entry else "miss"
                 span.set_attributes(
                     {
-                        tracing.LAYER: LAYER,
+                        tracing.LAYER: Layer.RESULT,
                         tracing.MODE: mode.value,
                         tracing.ROUTE: facts.policy.route,
                         tracing.OUTCOME: outcome,
@@ -191,7 +191,7 @@ class CacheResponder:
             span.end()
 
     async def _fresh(self, scope: Scope, receive: Receive, recorder: ResponseRecorder) -> None:
-        attributes = {tracing.LAYER: LAYER, tracing.ROUTE: self.policy.route}
+        attributes = {tracing.LAYER: Layer.RESULT, tracing.ROUTE: self.policy.route}
         with tracing.around_app("cachegate.fresh", attributes) as span:
             try:
                 await self.app(scope, recorder.watch(receive), recorder)
@@ -234,7 +234,7 @@ class CacheResponder:
             self.gate.metrics.uncacheable.labels(recorder.reason or "error").inc()
             return None
         with tracing.tracer.start_as_current_span("cachegate.store_write") as span:
-            span.set_attributes({tracing.LAYER: LAYER, tracing.ROUTE: self.policy.route})
+            span.set_attributes({tracing.LAYER: Layer.RESULT, tracing.ROUTE: self.policy.route})
             return await self.gate.results.fill(
                 facts,
                 generations,
@@ -461,7 +461,7 @@ class CacheResponder:
         label = b"shadow-hit" if found.entry is not None else b"shadow-miss"
         if found.generations is not None:
             result = "hit" if found.entry is not None else "miss"
-            gate.metrics.shadow_lookups.labels(LAYER, result).inc()
+            gate.metrics.shadow_lookups.labels(Layer.RESULT, result).inc()
 
         async def header() -> bytes:
             return label

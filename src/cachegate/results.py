@@ -16,8 +16,7 @@ from cachegate.store.codec import (
     encode_entry,
     encode_stream_entry,
 )
-
-LAYER = "query_result"
+from cachegate.vocabulary import Layer
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,7 +102,7 @@ class ResultCache:
         try:
             stored = decode_stored(found.value)
         except CorruptEntry:
-            self.metrics.corrupt_entries.labels(LAYER).inc()
+            self.metrics.corrupt_entries.labels(Layer.RESULT).inc()
             await self._delete(facts.key)
             return Found(None, current)
         entry, chunks = (
@@ -146,7 +145,7 @@ class ResultCache:
         if len(data) > self.max_entry_bytes:
             self.metrics.uncacheable.labels("stream_too_large" if chunks else "too_large").inc()
             return None
-        self.metrics.entry_size.labels(LAYER).observe(len(data))
+        self.metrics.entry_size.labels(Layer.RESULT).observe(len(data))
         try:
             await self.store.write(facts.key, data, facts.policy.ttl)
         except StoreError:
