@@ -37,10 +37,10 @@ from cachegate import (
 from cachegate.rollout import Rollout
 
 Message = MutableMapping[str, Any]
-Scope = MutableMapping[str, Any]
+CacheScope = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
-ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+ASGIApp = Callable[[CacheScope, Receive, Send], Awaitable[None]]
 
 ROUTE = "/ai/query"
 TENANT = "ws-bench-1"
@@ -114,7 +114,7 @@ class BodyRead:
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+    async def __call__(self, scope: CacheScope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return

@@ -129,12 +129,12 @@ async def hit_path(redis_url: str, namespace: str, quick: bool) -> dict[str, Sam
 
 
 def _tenant_on(cluster: Any, namespace: str, node: Any, *, other: bool) -> str:
-    from cachegate.keys import KeySpace, Scope
+    from cachegate.keys import CacheScope, KeySpace
 
     space = KeySpace(namespace)
     for index in range(500):
         tenant = f"tenant-{index}"
-        on_node = cluster.node_for(space.generation_keys(Scope(tenant, None))[0]) is node
+        on_node = cluster.node_for(space.generation_keys(CacheScope(tenant, None))[0]) is node
         if on_node != other:
             return tenant
     raise RuntimeError("no tenant found")

@@ -15,7 +15,7 @@ from support.redis_cluster import ClusterNode, RedisCluster
 
 from cachegate.breaker import BreakerState
 from cachegate.embeddings import vector_key
-from cachegate.keys import KeySpace, Scope
+from cachegate.keys import CacheScope, KeySpace
 from cachegate.store import RedisStore
 
 pytestmark = pytest.mark.anyio
@@ -30,7 +30,7 @@ def tenant_on(cluster: RedisCluster, namespace: str, node: ClusterNode, *, other
     space = KeySpace(namespace)
     for index in range(500):
         tenant = f"tenant-{index}"
-        on_node = cluster.node_for(space.generation_keys(Scope(tenant, "c1"))[0]) is node
+        on_node = cluster.node_for(space.generation_keys(CacheScope(tenant, "c1"))[0]) is node
         if on_node != other:
             return tenant
     raise AssertionError("no tenant found")  # 500 tries: never, with three masters
@@ -53,10 +53,10 @@ async def test_a_tenants_keys_share_one_slot_and_lookup_is_one_node(
     space = KeySpace(namespace)
     nodes = set()
     for index in range(12):
-        scope = Scope(f"tenant-{index}", f"client-{index}")
+        scope = CacheScope(f"tenant-{index}", f"client-{index}")
         keys = [space.entry_key(scope, route="/q", method="POST", material={"q": index})]
         keys += space.generation_keys(scope)
-        keys += space.generation_keys(Scope(f"tenant-{index}", None))
+        keys += space.generation_keys(CacheScope(f"tenant-{index}", None))
         assert len({redis_cluster.node_for(key).port for key in keys}) == 1
         nodes.add(redis_cluster.node_for(keys[0]).port)
     assert len(nodes) > 1  # tenants are spread over the masters

@@ -32,7 +32,7 @@ from support.freshness_app import INDEXING_DELAY, create_db
 from support.redis_server import RedisServer, free_port, redis_server_binary
 from support.tcp_proxy import TcpProxy
 
-from cachegate import Scope
+from cachegate import CacheScope
 from cachegate.store import RedisStore
 
 pytestmark = [pytest.mark.anyio, pytest.mark.slow]
@@ -192,13 +192,13 @@ async def test_a_generation_that_is_not_an_integer_is_treated_as_lost(
     try:
         async with Harness(store=store, namespace=namespace) as h:
             await warm(h)
-            generation_keys = h.gate.keyspace.invalidation_keys(Scope("t1", "c1"))
+            generation_keys = h.gate.keyspace.invalidation_keys(CacheScope("t1", "c1"))
             with spawned_redis.client() as admin:
                 for key in generation_keys:
                     admin.set(key, b"not a number", ex=86_400)
             assert [(await h.ask()).headers["x-cachegate"] for _ in range(2)] == ["miss", "hit"]
             assert (await h.write("c1", notes="after the garbage")).status_code == 201
-            assert not h.gate.invalidator.is_pending(Scope("t1", "c1"))
+            assert not h.gate.invalidator.is_pending(CacheScope("t1", "c1"))
             seen = await answers(h, 3)
             with spawned_redis.client() as admin:
                 values = [admin.get(key) for key in generation_keys]

@@ -16,7 +16,7 @@ from support.apps import TENANT_HEADER, Harness
 from support.asgi import Message, drive
 from support.model import Model
 
-from cachegate import RequestView, Scope
+from cachegate import CacheScope, RequestView
 from cachegate.results import RequestFacts
 from cachegate.singleflight import Flight, SingleFlight
 from cachegate.store import MemoryStore, Store
@@ -162,7 +162,7 @@ async def test_5xx_writes_invalidate_since_they_may_have_written(build: Build) -
 async def test_the_write_response_is_not_sent_before_the_bump(build: Build, store: Store) -> None:
     h = build()
     await warm(h, ("t1", "c1"))
-    generation_keys = h.gate.keyspace.generation_keys(Scope("t1", "c1"))
+    generation_keys = h.gate.keyspace.generation_keys(CacheScope("t1", "c1"))
     before = (await store.lookup(generation_keys[0] + ":unused", generation_keys)).generations
     seen_at_send: list[tuple[str, tuple[int, ...]]] = []
 

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 import pytest
 
 from cachegate.invalidation import Invalidator
-from cachegate.keys import KeySpace, Scope
+from cachegate.keys import CacheScope, KeySpace
 from cachegate.store import MemoryStore, StoreError
 
 pytestmark = pytest.mark.anyio
@@ -37,7 +37,7 @@ class GatedStore(MemoryStore):
 async def test_a_retry_in_flight_does_not_clear_a_later_failure() -> None:
     store = GatedStore()
     invalidator = Invalidator(store, KeySpace("ns"), retry_interval=0.01)
-    scope = Scope("w1", "c1")
+    scope = CacheScope("w1", "c1")
     assert not await invalidator.invalidate(scope)
     in_flight = store.gate = asyncio.Event()
     await asyncio.wait_for(store.entered.wait(), 5)  # the retry's bump is waiting

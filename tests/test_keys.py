@@ -27,7 +27,7 @@ from cachegate import (
     trusted_header,
 )
 from cachegate import keys as keys_module
-from cachegate.keys import KeySpace, Scope, normalize_value
+from cachegate.keys import CacheScope, KeySpace, normalize_value
 
 json_scalars = (
     st.none()
@@ -69,7 +69,7 @@ def entry_key(parts: Mapping[str, Any]) -> str:
     keys_module.KEY_SCHEMA_VERSION = parts["version"]
     try:
         return KeySpace(parts["namespace"]).entry_key(
-            Scope(parts["tenant"], parts["subject"]),
+            CacheScope(parts["tenant"], parts["subject"]),
             route=parts["route"],
             method=parts["method"],
             material=parts["material"],
@@ -175,12 +175,12 @@ def test_equal_inputs_give_equal_keys(material: dict[str, Any], method: str) -> 
 
 _OTHER_PROCESS = """
 import json, sys
-from cachegate.keys import KeySpace, Normalization, Scope, normalize_value
+from cachegate.keys import KeySpace, Normalization, CacheScope, normalize_value
 out = []
 for case in json.load(sys.stdin):
     material = normalize_value(case["material"], Normalization(case["normalization"]))
     space = KeySpace(case["namespace"])
-    scope = Scope(case["tenant"], case["subject"])
+    scope = CacheScope(case["tenant"], case["subject"])
     out.append([
         space.entry_key(scope, route=case["route"], method=case["method"], material=material),
         list(space.generation_keys(scope)),
@@ -209,7 +209,7 @@ def test_equal_inputs_give_equal_keys_in_another_process(batch: list[dict[str, A
     for case in batch:
         material = normalize_value(case["material"], Normalization(case["normalization"]))
         space = KeySpace(case["namespace"])
-        scope = Scope(case["tenant"], case["subject"])
+        scope = CacheScope(case["tenant"], case["subject"])
         here.append(
             [
                 space.entry_key(
@@ -245,14 +245,14 @@ _NOT_IN_KEYS = "hijklmopquvwxyz" + string.ascii_uppercase + "éßж中-_ ."
 @settings(deadline=None)
 def test_no_tenant_id_or_text_in_any_key(tenant: str, subject: str | None, text: str) -> None:
     space = KeySpace("ns")
-    scope = Scope(tenant, subject)
+    scope = CacheScope(tenant, subject)
     every_key = [
         space.entry_key(scope, route="/ai/query", method="POST", material={"query": text}),
         space.tenant_tag(tenant),
         *space.generation_keys(scope),
         *space.invalidation_keys(scope),
-        *space.generation_keys(Scope(tenant)),
-        *space.invalidation_keys(Scope(tenant)),
+        *space.generation_keys(CacheScope(tenant)),
+        *space.invalidation_keys(CacheScope(tenant)),
     ]
     for key in every_key:
         assert set(key) <= set("ns:{}trgsa0123456789abcdef"), key
@@ -268,7 +268,7 @@ def test_keys_of_one_tenant_share_the_hash_tag(
     space = KeySpace("ns")
     keys = []
     for subject in subjects:
-        scope = Scope(tenant, subject)
+        scope = CacheScope(tenant, subject)
         keys.append(space.entry_key(scope, route="/q", method="POST", material={"q": subject}))
         keys += [*space.generation_keys(scope), *space.invalidation_keys(scope)]
     tags = {re.search(r"\{(.*?)\}", key).group(1) for key in keys}  # type: ignore[union-attr]
@@ -280,15 +280,15 @@ def test_keys_of_one_tenant_share_the_hash_tag(
 
 def test_generation_keys_per_scope() -> None:
     space = KeySpace("ns")
-    tenant_wide, any_subject = space.generation_keys(Scope("t"))
-    c1_tenant, c1 = space.generation_keys(Scope("t", "c1"))
-    _, c2 = space.generation_keys(Scope("t", "c2"))
+    tenant_wide, any_subject = space.generation_keys(CacheScope("t"))
+    c1_tenant, c1 = space.generation_keys(CacheScope("t", "c1"))
+    _, c2 = space.generation_keys(CacheScope("t", "c2"))
     assert c1_tenant == tenant_wide
     assert len({tenant_wide, any_subject, c1, c2}) == 4
     # invalidating a subject advances its own and the "any subject" generation
-    assert set(space.invalidation_keys(Scope("t", "c1"))) == {c1, any_subject}
-    assert space.invalidation_keys(Scope("t")) == (tenant_wide,)
-    assert space.generation_keys(Scope("u", "c1"))[1] != c1
+    assert set(space.invalidation_keys(CacheScope("t", "c1"))) == {c1, any_subject}
+    assert space.invalidation_keys(CacheScope("t")) == (tenant_wide,)
+    assert space.generation_keys(CacheScope("u", "c1"))[1] != c1
 
 
 @pytest.mark.parametrize("bad", ["", "a:b", "a{b", "a}b", "a b", "a\nb"])
@@ -407,7 +407,7 @@ surrogate_texts = st.text(
 def test_lone_surrogates_key_and_stay_distinct(a: str, b: str) -> None:
     """JSON can carry lone surrogates ("\\ud800"); keying must neither fail nor conflate."""
     space = KeySpace("ns")
-    for scope in (Scope(a, b), Scope(b, a), Scope(a)):
+    for scope in (CacheScope(a, b), CacheScope(b, a), CacheScope(a)):
         space.generation_keys(scope)
         space.invalidation_keys(scope)
     key_a = entry_key({**BASE, "tenant": a, "material": {"query": a}})

@@ -16,7 +16,7 @@ import redis
 from conftest import missing
 from support.redis_server import RedisServer, free_port, redis_server_binary, running_redis
 
-from cachegate.keys import KeySpace, Scope
+from cachegate.keys import CacheScope, KeySpace
 from cachegate.store import RedisStore
 from cachegate.store.base import StoreError
 from cachegate.store.urls import SentinelURL, parse_sentinel_url
@@ -87,7 +87,7 @@ def server(binary: str) -> Iterator[RedisServer]:
 async def round_trip(store: RedisStore, namespace: str) -> None:
     """A write, a lookup with generations and a bump: the store really works."""
     space = KeySpace(namespace)
-    scope = Scope("t1", "c1")
+    scope = CacheScope("t1", "c1")
     key = space.entry_key(scope, route="/q", method="POST", material={"q": 1})
     generation_keys = space.generation_keys(scope)
     generations = await store.generations(generation_keys)

@@ -45,7 +45,7 @@ from cachegate import (
     query_param,
     trusted_header,
 )
-from cachegate.keys import KeySpace, Scope
+from cachegate.keys import CacheScope, KeySpace
 from cachegate.policy import BadRequest, RequestView
 from cachegate.store import MemoryStore, RedisStore, Store
 
@@ -460,7 +460,7 @@ async def test_with_a_secret_no_store_key_can_be_confirmed_by_guessing(
         assert stored
         assert all(plain.tenant_tag("ws-42") not in key for key in stored)
         assert all(keyed.tenant_tag("ws-42") in key for key in stored)
-        assert set(plain.generation_keys(Scope("ws-42", "client-7"))).isdisjoint(stored)
+        assert set(plain.generation_keys(CacheScope("ws-42", "client-7"))).isdisjoint(stored)
     finally:
         await gate.aclose()
         delete_namespace(redis_url, namespace)
@@ -724,7 +724,11 @@ ids = st.text(min_size=1, max_size=8)
 def test_distinct_path_parameters_never_share_an_entry(tenant: str, a: str, b: str) -> None:
     def key(space: KeySpace, value: str) -> str:
         return space.entry_key(
-            Scope(tenant), route="/c/{cid}", method="GET", material={}, path_params={"cid": value}
+            CacheScope(tenant),
+            route="/c/{cid}",
+            method="GET",
+            material={},
+            path_params={"cid": value},
         )
 
     keyed, plain = KeySpace("ns", SECRET), KeySpace("ns")

@@ -9,7 +9,7 @@ from collections.abc import Awaitable, Callable
 import anyio
 import pytest
 
-from cachegate.keys import KeySpace, Scope
+from cachegate.keys import CacheScope, KeySpace
 from cachegate.store import Lookup, MemoryStore, Store
 from cachegate.store.base import MISSING_GENERATION
 from cachegate.store.memory import ITEM_OVERHEAD
@@ -22,7 +22,7 @@ pytestmark = pytest.mark.anyio
 
 def entry_and_generations(namespace: str, tenant: str = "t1", subject: str | None = "c1"):
     space = KeySpace(namespace)
-    scope = Scope(tenant, subject)
+    scope = CacheScope(tenant, subject)
     key = space.entry_key(scope, route="/q", method="POST", material={"q": tenant})
     return key, space.generation_keys(scope)
 

@@ -17,7 +17,7 @@ from support.asgi import Exchange, Message, drive
 from cachegate import CacheGate, Metrics
 from cachegate.middleware import CacheGateMiddleware
 from cachegate.policy import Pacing, Policy, RequestView, Streams, trusted_header
-from cachegate.responses import replay_stream
+from cachegate.responses import send_stream
 from cachegate.rollout import Decision, Mode, StaticRollout
 from cachegate.store import MemoryStore
 from cachegate.tee import LiveStream, State, StreamDiverged
@@ -258,7 +258,7 @@ async def test_paced_replay_waits_the_recorded_gaps_scaled_and_capped() -> None:
 
     pieces = [(0, b"a"), (100_000, b"b"), (400_000, b"c"), (2_400_000, b"")]
     streams = Streams(pacing=Pacing.PACED, factor=0.5, cap=0.5)
-    await replay_stream(send, 200, [SSE], pieces, b"hit", streams, sleep)
+    await send_stream(send, 200, [SSE], pieces, b"hit", streams, sleep)
     assert waits == pytest.approx([0.05, 0.15, 0.5])
     assert [(m["body"], m["more_body"]) for m in sent[1:]] == [
         (b"a", True),
@@ -267,7 +267,7 @@ async def test_paced_replay_waits_the_recorded_gaps_scaled_and_capped() -> None:
         (b"", False),
     ]
     waits.clear()
-    await replay_stream(send, 200, [SSE], pieces, b"hit", Streams(), sleep)
+    await send_stream(send, 200, [SSE], pieces, b"hit", Streams(), sleep)
     assert waits == []  # burst, the default
 
 

@@ -7,7 +7,7 @@ from cachegate.comparators import (
     TextComparator,
 )
 from cachegate.gate import CacheGate
-from cachegate.keys import Normalization, Scope
+from cachegate.keys import CacheScope, Normalization
 from cachegate.metrics import Metrics
 from cachegate.middleware import CacheGateMiddleware
 from cachegate.policy import (
@@ -32,6 +32,7 @@ __version__ = "0.1.0"
 __all__ = [
     "CacheGate",
     "CacheGateMiddleware",
+    "CacheScope",
     "Decision",
     "ExactComparator",
     "JsonComparator",
@@ -43,7 +44,6 @@ __all__ = [
     "Policy",
     "RedisStore",
     "RequestView",
-    "Scope",
     "SimilarityComparator",
     "StaticRollout",
     "Streams",
@@ -58,3 +58,13 @@ __all__ = [
     "query_param",
     "trusted_header",
 ]
+
+
+def __getattr__(name: str) -> object:
+    """`Scope` was renamed: in CacheGate `scope` means the ASGI scope, as in Starlette."""
+    if name == "Scope":
+        raise ImportError(
+            "cachegate.Scope is now cachegate.CacheScope (the tenant and subject of an entry); "
+            "'scope' means the ASGI scope"
+        )
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,14 +1,11 @@
-"""Reading a request body up to a cap, and replaying exactly what was read to the app."""
+"""Reading a request body up to a cap, and giving the app exactly what was read, again."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass
-from typing import Any
 
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
+from cachegate.types import Message, Receive
 
 
 @dataclass(slots=True)
@@ -24,28 +21,28 @@ class RequestBody:
         """The body bytes read."""
         return b"".join(m.get("body", b"") for m in self.messages if m["type"] == "http.request")
 
-    def replay(self, receive: Receive) -> Receive:
+    def receive_again(self, receive: Receive) -> Receive:
         """A `receive` that yields every message read, in order, then the original's."""
         pending = list(self.messages)
 
-        async def replayed() -> Message:
+        async def again() -> Message:
             if pending:
                 return pending.pop(0)
             return await receive()
 
-        return replayed
+        return again
 
     def rerun(self) -> Receive:
         """A `receive` for a background re-run: the body, then nothing until cancelled."""
         pending = list(self.messages)
 
-        async def replayed() -> Message:
+        async def again() -> Message:
             if pending:
                 return pending.pop(0)
             await asyncio.Event().wait()
             return {"type": "http.disconnect"}
 
-        return replayed
+        return again
 
 
 async def read_body(receive: Receive, max_bytes: int) -> RequestBody:

@@ -16,7 +16,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, ClassVar
 from urllib.parse import parse_qsl
 
-Headers = list[tuple[bytes, bytes]]
+from cachegate.types import Headers
 
 
 class BadRequest(Exception):
@@ -76,6 +76,21 @@ class RequestView:
         self.body = body
         self.scope: Mapping[str, Any] = {} if scope is None else scope
         self._json: Any = self._UNPARSED
+
+    @classmethod
+    def of(
+        cls, scope: Mapping[str, Any], path_params: Mapping[str, str], body: bytes
+    ) -> RequestView:
+        """The view of an ASGI HTTP request whose body has been read."""
+        return cls(
+            method=scope["method"],
+            path=scope["path"],
+            path_params=path_params,
+            headers=scope.get("headers", []),
+            query_string=scope.get("query_string", b""),
+            body=body,
+            scope=scope,
+        )
 
     def header(self, name: str) -> str | None:
         """Header `name` (case-insensitive, Latin-1); `Ambiguous` if it occurs more than once."""

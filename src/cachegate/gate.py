@@ -9,7 +9,7 @@ from typing import Any
 
 from cachegate.comparators import MismatchLog
 from cachegate.invalidation import Invalidator
-from cachegate.keys import KeySpace, Scope
+from cachegate.keys import CacheScope, KeySpace
 from cachegate.metrics import Metrics, RouteMetrics, default_metrics
 from cachegate.policy import Policy, Router, WriteRule
 from cachegate.results import ResultCache
@@ -105,7 +105,7 @@ class CacheGate:
         self, tenant: str, subject: str | None = None, *, reason: str = "api"
     ) -> bool:
         """Invalidate a tenant's (or one subject's) cached answers; False if kept pending."""
-        return await self.invalidator.invalidate(Scope(tenant, subject), reason)
+        return await self.invalidator.invalidate(CacheScope(tenant, subject), reason)
 
     def background(self, work: Coroutine[Any, Any, None]) -> bool:
         """Run re-computation work in the background if a slot is free; False if skipped."""

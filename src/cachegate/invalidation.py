@@ -20,7 +20,7 @@ import contextlib
 import itertools
 import logging
 
-from cachegate.keys import KeySpace, Scope
+from cachegate.keys import CacheScope, KeySpace
 from cachegate.metrics import Metrics
 from cachegate.store.base import Store, StoreWritesRefused
 
@@ -51,7 +51,9 @@ class Invalidator:
         self._sequence = itertools.count(1)
         self._retrying: asyncio.Task[None] | None = None
 
-    async def invalidate(self, scope: Scope, reason: str = "api", *, counted: bool = True) -> bool:
+    async def invalidate(
+        self, scope: CacheScope, reason: str = "api", *, counted: bool = True
+    ) -> bool:
         """Invalidate every entry of `scope`; False if the store did not take it (kept pending).
 
         Never raises: a write that succeeded must reach its client whatever the store does.
@@ -72,7 +74,7 @@ class Invalidator:
             self.metrics.invalidations.labels(reason).inc()
         return True
 
-    def is_pending(self, scope: Scope) -> bool:
+    def is_pending(self, scope: CacheScope) -> bool:
         """Whether entries of `scope` may be stale because an invalidation is still pending."""
         if not self._pending:
             return False
@@ -86,7 +88,7 @@ class Invalidator:
         """Scopes whose invalidation is still pending."""
         return sum(len(subjects) for subjects in self._pending.values())
 
-    def _keep_pending(self, scope: Scope) -> None:
+    def _keep_pending(self, scope: CacheScope) -> None:
         """Mark `scope` pending under a new sequence number, so a retry that was already in
         flight before this failure cannot clear it."""
         subjects = self._pending.setdefault(scope.tenant, {})
@@ -115,7 +117,9 @@ class Invalidator:
         try:
             for tenant, subjects in list(self._pending.items()):
                 for subject, sequence in list(subjects.items()):
-                    await self.store.bump(self.keyspace.invalidation_keys(Scope(tenant, subject)))
+                    await self.store.bump(
+                        self.keyspace.invalidation_keys(CacheScope(tenant, subject))
+                    )
                     if subjects.get(subject) == sequence:
                         del subjects[subject]
                 if not subjects and self._pending.get(tenant) is subjects:

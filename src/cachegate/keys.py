@@ -100,7 +100,7 @@ def _subject_tag(secret: bytes | None, subject: str) -> str:
 
 
 @dataclass(frozen=True, slots=True)
-class Scope:
+class CacheScope:
     """Who an entry belongs to: a tenant (workspace) and optionally a subject (client)."""
 
     tenant: str
@@ -146,7 +146,7 @@ class KeySpace:
 
     def entry_key(
         self,
-        scope: Scope,
+        scope: CacheScope,
         *,
         route: str,
         method: str,
@@ -166,7 +166,7 @@ class KeySpace:
         )
         return f"{self._prefix(scope.tenant)}:r:{self.digest_bytes(encode_parts(parts))}"
 
-    def generation_keys(self, scope: Scope) -> tuple[str, str]:
+    def generation_keys(self, scope: CacheScope) -> tuple[str, str]:
         """The two generations an entry of `scope` is checked against.
 
         An entry with a subject depends on its tenant's and its subject's generation. An entry
@@ -178,9 +178,19 @@ class KeySpace:
             return (f"{prefix}:g:t", f"{prefix}:g:a")
         return (f"{prefix}:g:t", f"{prefix}:g:s:{_subject_tag(self.secret, scope.subject)}")
 
-    def invalidation_keys(self, scope: Scope) -> tuple[str, ...]:
+    def invalidation_keys(self, scope: CacheScope) -> tuple[str, ...]:
         """The generations an invalidation of `scope` advances."""
         prefix = self._prefix(scope.tenant)
         if scope.subject is None:
             return (f"{prefix}:g:t",)
         return (self.generation_keys(scope)[1], f"{prefix}:g:a")
+
+
+def __getattr__(name: str) -> object:
+    """`Scope` was renamed: in CacheGate `scope` means the ASGI scope, as in Starlette."""
+    if name == "Scope":
+        raise ImportError(
+            "cachegate.keys.Scope is now cachegate.keys.CacheScope (the tenant and subject of "
+            "an entry); 'scope' means the ASGI scope"
+        )
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

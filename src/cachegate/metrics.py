@@ -20,13 +20,17 @@ from prometheus_client import (
 )
 from prometheus_client.multiprocess import MultiProcessCollector
 
-LAYERS = ("query_result", "embedding")
+from cachegate.comparators import Outcome
+from cachegate.rollout import Mode
+from cachegate.vocabulary import BypassReason, CachePath, ComparisonKind, Layer
+
+LAYERS = tuple(layer.value for layer in Layer)
 """Values of `cache_layer`: L1 result cache and L2 embedding cache, as in the original service."""
-PATHS = ("hit", "shared", "miss", "shadow", "bypass")
+PATHS = tuple(path.value for path in CachePath)
 """`shared`: a single-flight waiter answered with its leader's fresh result (counted as a hit)."""
-MODES = ("off", "shadow", "serve")
-OUTCOMES = ("match", "mismatch", "error")
-COMPARISON_KINDS = ("shadow", "verify", "noise")
+MODES = tuple(mode.value for mode in Mode)
+OUTCOMES = tuple(outcome.value for outcome in Outcome)
+COMPARISON_KINDS = tuple(kind.value for kind in ComparisonKind)
 STORE_OPERATIONS = (
     "lookup",
     "generations",
@@ -38,27 +42,7 @@ STORE_OPERATIONS = (
     "probe",
 )
 STORE_FAILURES = ("error", "timeout", "rejected", "refused")
-BYPASS_REASONS = (
-    "no_tenant",
-    "body_too_large",
-    "invalid_json",
-    "invalid_utf8",
-    "headers_too_large",
-    "request_no_cache",
-    "extractor_error",
-    "mode_off",
-    "invalidation_pending",
-    "store_error",
-    "disconnected",
-    "no_authentication",
-    "guard_refused",
-    "guard_error",
-    "ambiguous_value",
-    "empty_value",
-    "invalid_value",
-    "body_not_object",
-    "not_json",
-)
+BYPASS_REASONS = tuple(reason.value for reason in BypassReason)
 ENCRYPTION_REJECTS = ("unknown_key", "invalid")
 SINGLE_FLIGHT_OUTCOMES = ("shared", "timeout", "not_shared")
 FLAG_SOURCES = ("live", "persisted", "bootstrap", "offline")
@@ -85,7 +69,7 @@ UNCACHEABLE_REASONS = (
     "stream_too_large",
 )
 STREAM_HIT_SOURCES = ("store", "tee")
-"""Where a streamed hit came from: replayed from the store, or shared live from a leader."""
+"""Where a streamed hit came from: sent from the store, or shared live from a leader."""
 STREAM_SERVED = ("hit", "tee", "fresh")
 """Values of `served` on the time-to-first-byte histogram of streamed answers."""
 TEE_OUTCOMES = ("complete", "fallback", "diverged")
@@ -335,7 +319,7 @@ class Metrics:
         ns, reg = self.namespace, self._registry
         self.stream_hits = Counter(
             "stream_hits",
-            "Streamed answers served from the cache: replayed from the store or shared live "
+            "Streamed answers served from the cache: sent from the store or shared live "
             "from an identical request's stream (tee).",
             ["source"],
             namespace=ns,
@@ -344,7 +328,7 @@ class Metrics:
         self.stream_first_byte = Histogram(
             "stream_first_byte_seconds",
             "Time from the request to the first body byte of a streamed answer, by how it was "
-            "served: hit (replayed from the store), tee (a leader's live stream), fresh.",
+            "served: hit (sent from the store), tee (a leader's live stream), fresh.",
             ["served"],
             namespace=ns,
             registry=reg,

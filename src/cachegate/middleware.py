@@ -1,55 +1,49 @@
 """`CacheGateMiddleware`: the pure-ASGI entry. It routes, decides and orchestrates; the cache
-logic lives in `results`, `invalidation`, `shadow` and the store.
+logic lives in `results`, `invalidation`, `experiment`, `writes` and the store.
 
 Routes without a policy or write rule go to the app untouched. A matched request has its body
-read (capped) and replayed exactly; the response says what happened in `X-CacheGate`. The cache
+read (capped) and again exactly; the response says what happened in `X-CacheGate`. The cache
 never turns a good request into an error: every store failure falls back to the fresh path.
 """
 
 from __future__ import annotations
 
 import inspect
-import json
 import time
-from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
 from cachegate import tracing
-from cachegate.body import Receive, RequestBody, read_body
-from cachegate.comparators import Outcome, compare
+from cachegate.body import RequestBody, read_body
+from cachegate.comparators import Outcome
+from cachegate.experiment import Experiment, Observation
 from cachegate.gate import CacheGate
-from cachegate.keys import Scope
 from cachegate.policy import (
-    Ambiguous,
     BadRequest,
     Guard,
     Match,
     Policy,
     RequestView,
-    WriteRule,
-    field_at,
-    scope_text,
 )
 from cachegate.responses import (
     ResponseRecorder,
     add_header,
     answer_content,
     refusal,
-    replay,
-    replay_stream,
     request_refuses_cache,
+    send_entry,
+    send_stream,
     storable_headers,
 )
-from cachegate.results import LAYER, Found, RequestFacts
+from cachegate.results import Found, RequestFacts
 from cachegate.rollout import OFF, Decision, Mode, enter_decision, exit_decision
 from cachegate.singleflight import Flight
 from cachegate.store.codec import Entry, StreamEntry
 from cachegate.tee import LeaderFailed, LiveStream, Publisher, Resume, StreamDiverged
+from cachegate.types import ASGIApp, Message, Receive, Scope, Send
+from cachegate.vocabulary import ComparisonKind, Layer
+from cachegate.writes import WriteResponder
 
-Scope_ = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Send = Callable[[Message], Awaitable[None]]
-ASGIApp = Callable[[Scope_, Receive, Send], Awaitable[None]]
+SHADOW, VERIFY, NOISE = ComparisonKind.SHADOW, ComparisonKind.VERIFY, ComparisonKind.NOISE
 
 STATE_KEY = "cachegate"
 """The decision is at `request.state.cachegate` (and in `cachegate.current_decision()`)."""
@@ -63,7 +57,7 @@ class CacheGateMiddleware:
         self.gate = gate
         self._match = gate.router.match
 
-    async def __call__(self, scope: Scope_, receive: Receive, send: Send) -> None:
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             if scope["type"] == "lifespan":
                 receive = self._lifespan(receive)
@@ -93,18 +87,6 @@ class CacheGateMiddleware:
         return lifespan_receive
 
 
-def _view(scope: Scope_, match: Match, body: RequestBody) -> RequestView:
-    return RequestView(
-        method=scope["method"],
-        path=scope["path"],
-        path_params=match.path_params,
-        headers=scope.get("headers", []),
-        query_string=scope.get("query_string", b""),
-        body=body.body,
-        scope=scope,
-    )
-
-
 async def _refusal(guard: Guard, request: RequestView) -> str | None:
     """Why the policy's guard refuses the request (the app decides), or None if it passes."""
     try:
@@ -128,81 +110,67 @@ class CacheResponder:
         self.counts = gate.route_metrics[policy.route]
         self.started = 0.0
         self.first_byte: float | None = None
+        self.decision = OFF
+        self.tenant: str | None = None
 
-    async def __call__(self, scope: Scope_, receive: Receive, send: Send) -> None:
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         self.started = time.perf_counter()
         try:
-            await self._handle(scope, receive, send)
+            body = await read_body(receive, self.gate.max_body_bytes)
+            again = body.receive_again(receive)
+            admitted = await self._admit(scope, body)
+            _remember(scope, self.decision)
+            tokens = enter_decision(self.decision, self.tenant)
+            try:
+                if isinstance(admitted, str):
+                    self.counts.bypass(admitted)
+                    await self.app(scope, again, add_header(send, b"bypass"))
+                elif self.decision.l1 is Mode.SERVE:
+                    await self._serve(admitted, self.decision, scope, body, again, send)
+                else:
+                    await self._shadow(admitted, scope, body, again, send)
+            finally:
+                exit_decision(tokens)
         finally:
             self.counts.duration[self.path].observe(time.perf_counter() - self.started)
 
-    async def _handle(self, scope: Scope_, receive: Receive, send: Send) -> None:
-        gate = self.gate
-        body = await read_body(receive, gate.max_body_bytes)
-        replayed = body.replay(receive)
+    async def _admit(self, scope: Scope, body: RequestBody) -> RequestFacts | str:
+        """The request's facts, or the reason it bypasses (the app answers as it would).
+
+        Sets the tenant and the decision as soon as they are known, so a bypass after them
+        still carries them to the app's code (the L2 embedder reads them).
+        """
+        gate, policy = self.gate, self.policy
         if not body.complete:
-            reason = "body_too_large" if body.too_large else "disconnected"
-            return await self._bypass(reason, OFF, scope, replayed, send)
+            return "body_too_large" if body.too_large else "disconnected"
         headers = scope.get("headers", [])
         if sum(len(name) + len(value) for name, value in headers) > gate.max_header_bytes:
-            return await self._bypass("headers_too_large", OFF, scope, replayed, send)
-        request = _view(scope, self.match, body)
+            return "headers_too_large"
+        request = RequestView.of(scope, self.match.path_params, body.body)
         try:
-            tenant = gate.results.tenant(self.policy, request)
+            tenant = gate.results.tenant(policy, request)
         except BadRequest as error:
-            reason, tenant = error.reason, None
-        else:
-            reason = "no_tenant"
+            return error.reason
         if tenant is None:
-            return await self._bypass(reason, OFF, scope, replayed, send)
-        decision = gate.rollout.decide(tenant)
+            return "no_tenant"
+        self.tenant = tenant
+        self.decision = decision = gate.rollout.decide(tenant)
         self.counts.decided(decision.l1, decision.l2)
         if decision.l1 is Mode.OFF:
-            return await self._bypass("mode_off", decision, scope, replayed, send, tenant)
-        if self.policy.honor_request_no_cache and request_refuses_cache(headers):
-            return await self._bypass("request_no_cache", decision, scope, replayed, send, tenant)
-        if self.policy.guard is not None:
-            refused = await _refusal(self.policy.guard, request)
+            return "mode_off"
+        if policy.honor_request_no_cache and request_refuses_cache(headers):
+            return "request_no_cache"
+        if policy.guard is not None:
+            refused = await _refusal(policy.guard, request)
             if refused is not None:
-                return await self._bypass(refused, decision, scope, replayed, send, tenant)
+                return refused
         try:
-            facts = gate.results.facts(self.policy, request, tenant)
+            facts = gate.results.facts(policy, request, tenant)
         except BadRequest as error:
-            reason = error.reason
-        else:
-            reason = ""
-        if reason:
-            return await self._bypass(reason, decision, scope, replayed, send, tenant)
+            return error.reason
         if gate.invalidator.is_pending(facts.scope):
-            return await self._bypass(
-                "invalidation_pending", decision, scope, replayed, send, tenant
-            )
-        _remember(scope, decision)
-        tokens = enter_decision(decision, tenant)
-        try:
-            if decision.l1 is Mode.SERVE:
-                await self._serve(facts, decision, scope, body, replayed, send)
-            else:
-                await self._shadow(facts, scope, body, replayed, send)
-        finally:
-            exit_decision(tokens)
-
-    async def _bypass(
-        self,
-        reason: str,
-        decision: Decision,
-        scope: Scope_,
-        receive: Receive,
-        send: Send,
-        tenant: str | None = None,
-    ) -> None:
-        self.counts.bypass(reason)
-        _remember(scope, decision)
-        tokens = enter_decision(decision, tenant)
-        try:
-            await self.app(scope, receive, add_header(send, b"bypass"))
-        finally:
-            exit_decision(tokens)
+            return "invalidation_pending"
+        return facts
 
     async def _lookup(self, facts: RequestFacts, mode: Mode) -> Found:
         span = tracing.tracer.start_span("cachegate.lookup")
@@ -212,7 +180,7 @@ class CacheResponder:
                 outcome = "error" if found.generations is None else "hit" if found.entry else "miss"
                 span.set_attributes(
                     {
-                        tracing.LAYER: LAYER,
+                        tracing.LAYER: Layer.RESULT,
                         tracing.MODE: mode.value,
                         tracing.ROUTE: facts.policy.route,
                         tracing.OUTCOME: outcome,
@@ -222,8 +190,8 @@ class CacheResponder:
         finally:
             span.end()
 
-    async def _fresh(self, scope: Scope_, receive: Receive, recorder: ResponseRecorder) -> None:
-        attributes = {tracing.LAYER: LAYER, tracing.ROUTE: self.policy.route}
+    async def _fresh(self, scope: Scope, receive: Receive, recorder: ResponseRecorder) -> None:
+        attributes = {tracing.LAYER: Layer.RESULT, tracing.ROUTE: self.policy.route}
         with tracing.around_app("cachegate.fresh", attributes) as span:
             try:
                 await self.app(scope, recorder.watch(receive), recorder)
@@ -266,7 +234,7 @@ class CacheResponder:
             self.gate.metrics.uncacheable.labels(recorder.reason or "error").inc()
             return None
         with tracing.tracer.start_as_current_span("cachegate.store_write") as span:
-            span.set_attributes({tracing.LAYER: LAYER, tracing.ROUTE: self.policy.route})
+            span.set_attributes({tracing.LAYER: Layer.RESULT, tracing.ROUTE: self.policy.route})
             return await self.gate.results.fill(
                 facts,
                 generations,
@@ -280,7 +248,7 @@ class CacheResponder:
         self,
         facts: RequestFacts,
         decision: Decision,
-        scope: Scope_,
+        scope: Scope,
         body: RequestBody,
         receive: Receive,
         send: Send,
@@ -314,7 +282,7 @@ class CacheResponder:
                 self.path = "shared"  # waited on a leader: not a hit's latency
                 self.counts.hits.inc()
                 self._avoided()
-                await replay(send, shared.status, shared.headers, shared.body, b"hit")
+                await send_entry(send, shared.status, shared.headers, shared.body, b"hit")
                 return
             self.counts.misses.inc()
             await self._miss(facts, generations, scope, receive, send)
@@ -327,7 +295,7 @@ class CacheResponder:
             gate.flights.finish(leading, entry)
 
     async def _without_store(
-        self, facts: RequestFacts, scope: Scope_, receive: Receive, send: Send
+        self, facts: RequestFacts, scope: Scope, receive: Receive, send: Send
     ) -> None:
         """The store gave no generations: serve fresh, nothing stored, yet one computation
         for identical requests in this process: one that starts after they arrived, so it
@@ -343,7 +311,7 @@ class CacheResponder:
                 outcome = "not_shared" if shared is None else "shared"
             gate.metrics.single_flight.labels(outcome).inc()
             if isinstance(shared, Entry):
-                await replay(send, shared.status, shared.headers, shared.body, b"bypass")
+                await send_entry(send, shared.status, shared.headers, shared.body, b"bypass")
             else:
                 await self.app(scope, receive, add_header(send, b"bypass"))
             return
@@ -362,7 +330,7 @@ class CacheResponder:
         self,
         facts: RequestFacts,
         generations: tuple[int, ...],
-        scope: Scope_,
+        scope: Scope,
         receive: Receive,
         send: Send,
         flight: Flight[Entry | LiveStream] | None = None,
@@ -406,7 +374,7 @@ class CacheResponder:
         live: LiveStream,
         facts: RequestFacts,
         generations: tuple[int, ...],
-        scope: Scope_,
+        scope: Scope,
         receive: Receive,
         send: Send,
     ) -> None:
@@ -435,7 +403,7 @@ class CacheResponder:
         found: Found,
         facts: RequestFacts,
         decision: Decision,
-        scope: Scope_,
+        scope: Scope,
         body: RequestBody,
         send: Send,
     ) -> None:
@@ -446,19 +414,19 @@ class CacheResponder:
         self.counts.hits.inc()
         self._avoided()
         if found.chunks and self.policy.streams is not None:
-            await self._replay_stream(StreamEntry(entry, found.chunks), send)
+            await self._send_stream(StreamEntry(entry, found.chunks), send)
         else:
-            await replay(send, entry.status, entry.headers, entry.body, b"hit")
+            await send_entry(send, entry.status, entry.headers, entry.body, b"hit")
         if decision.verify and self.policy.rerun_safe:
             gate.background(self._verify(entry, facts, scope, body))
 
-    async def _replay_stream(self, stream: StreamEntry, send: Send) -> None:
+    async def _send_stream(self, stream: StreamEntry, send: Send) -> None:
         """Replay a stored stream in its chunks at the policy's pacing."""
         streams = self.policy.streams
         assert streams is not None
         entry = stream.entry
         timed = self._timed(send)
-        await replay_stream(timed, entry.status, entry.headers, stream.pieces(), b"hit", streams)
+        await send_stream(timed, entry.status, entry.headers, stream.pieces(), b"hit", streams)
         self.gate.metrics.stream_hits.labels("store").inc()
         self._observe_first_byte("hit", True)
 
@@ -469,19 +437,19 @@ class CacheResponder:
             self.counts.cost_avoided.inc(self.policy.cost_per_call)
 
     async def _verify(
-        self, entry: Entry, facts: RequestFacts, scope: Scope_, body: RequestBody
+        self, entry: Entry, facts: RequestFacts, scope: Scope, body: RequestBody
     ) -> None:
         """Recompute a served hit in the background and compare; a stale entry is dropped."""
         recorder = await self._rerun(scope, body)
         cached = answer_content(entry.body, entry.headers)
-        outcome = await self._compare("verify", cached, recorder, facts, entry.generations)
+        outcome = await self._compare(VERIFY, cached, recorder, facts, entry.generations)
         if outcome is Outcome.MISMATCH:
             await self.gate.results.drop(facts)
 
     async def _shadow(
         self,
         facts: RequestFacts,
-        scope: Scope_,
+        scope: Scope,
         body: RequestBody,
         receive: Receive,
         send: Send,
@@ -493,7 +461,7 @@ class CacheResponder:
         label = b"shadow-hit" if found.entry is not None else b"shadow-miss"
         if found.generations is not None:
             result = "hit" if found.entry is not None else "miss"
-            gate.metrics.shadow_lookups.labels(LAYER, result).inc()
+            gate.metrics.shadow_lookups.labels(Layer.RESULT, result).inc()
 
         async def header() -> bytes:
             return label
@@ -502,19 +470,19 @@ class CacheResponder:
         await self._fresh(scope, receive, recorder)
         if found.entry is not None:
             cached = answer_content(found.entry.body, found.entry.headers)
-            await self._compare("shadow", cached, recorder, facts, found.generations)
+            await self._compare(SHADOW, cached, recorder, facts, found.generations)
         if generations is not None:
             await self._fill(facts, generations, recorder)
         if self.policy.rerun_safe and recorder.storable and gate.sample() < gate.noise_sample_rate:
             fresh = answer_content(recorder.body, recorder.headers)
             gate.background(self._noise(fresh, scope, body))
 
-    async def _noise(self, fresh: bytes, scope: Scope_, body: RequestBody) -> None:
+    async def _noise(self, fresh: bytes, scope: Scope, body: RequestBody) -> None:
         """Compute the same request again and compare fresh with fresh: the noise baseline."""
         recorder = await self._rerun(scope, body)
-        await self._compare("noise", fresh, recorder)
+        await self._compare(NOISE, fresh, recorder)
 
-    async def _rerun(self, scope: Scope_, body: RequestBody) -> ResponseRecorder:
+    async def _rerun(self, scope: Scope, body: RequestBody) -> ResponseRecorder:
         """Compute the request again in the background, recorded and judged, never sent."""
         recorder = self._recorder(None)
         try:
@@ -527,55 +495,27 @@ class CacheResponder:
 
     async def _compare(
         self,
-        kind: str,
+        kind: ComparisonKind,
         cached: bytes,
         recorder: ResponseRecorder,
         facts: RequestFacts | None = None,
         since: tuple[int, ...] | None = None,
     ) -> Outcome | None:
-        """Compare and count; None when a mismatch is explained by a write during the fresh run.
+        """Run the experiment: the cached (or first fresh) answer against the fresh one just
+        recorded; with `facts`, a write to the scope since `since` explains a mismatch away."""
+        gate = self.gate
+        experiment = Experiment(
+            kind, self.policy.route, self.policy.comparator, gate.metrics, gate.mismatches
+        )
+        fresh = answer_content(recorder.body, recorder.headers) if recorder.storable else None
+        write_during = None
+        if facts is not None and since is not None:
+            checked_facts, checked_since = facts, since
 
-        A write to the scope while the fresh answer was computed changes what "fresh" means,
-        so such a mismatch says nothing about staleness and is not counted.
-        """
-        fresh = answer_content(recorder.body, recorder.headers)
-        if recorder.storable:
-            comparison = compare(self.policy.comparator, cached, fresh)
-        else:
-            comparison = compare(_fresh_failed, cached, b"")
-        outcome = comparison.outcome
-        if (
-            outcome is Outcome.MISMATCH
-            and facts is not None
-            and since is not None
-            and await self.gate.results.changed_since(facts, since)
-        ):
-            return None
-        span = tracing.tracer.start_span("cachegate.compare")
-        if span.is_recording():
-            span.set_attributes(
-                {
-                    tracing.LAYER: LAYER,
-                    tracing.ROUTE: self.policy.route,
-                    tracing.OUTCOME: outcome.value,
-                    "cachegate.comparison": kind,
-                }
-            )
-        span.end()
-        self.gate.metrics.comparisons.labels(LAYER, kind, outcome.value).inc()
-        if outcome is Outcome.MISMATCH:
-            self.gate.mismatches.record(
-                route=self.policy.route,
-                kind=kind,
-                cached=cached,
-                fresh=fresh,
-                comparison=comparison,
-            )
-        return outcome
+            async def write_during() -> bool:
+                return await gate.results.changed_since(checked_facts, checked_since)
 
-
-def _fresh_failed(cached: bytes, fresh: bytes) -> Any:
-    raise RuntimeError("the fresh response could not be recorded")
+        return await experiment.run(cached, Observation(fresh), write_during=write_during)
 
 
 async def _miss() -> bytes:
@@ -586,150 +526,11 @@ async def _bypass() -> bytes:
     return b"bypass"
 
 
-def _copy(scope: Scope_) -> Scope_:
+def _copy(scope: Scope) -> Scope:
     copied = dict(scope)
     copied["state"] = dict(scope.get("state", {}))
     return copied
 
 
-def _remember(scope: Scope_, decision: Decision) -> None:
+def _remember(scope: Scope, decision: Decision) -> None:
     scope.setdefault("state", {})[STATE_KEY] = decision
-
-
-class WriteResponder:
-    """Handles one request to a write route: the response is held until the invalidation is done.
-
-    So once a client has seen the write succeed, no answer computed before it is served. The
-    scope is invalidated again when the route's ASGI call returns, after its background work.
-    """
-
-    def __init__(self, app: ASGIApp, gate: CacheGate, rule: WriteRule, match: Match) -> None:
-        self.app = app
-        self.gate = gate
-        self.rule = rule
-        self.match = match
-        self.invalidated: dict[str, Scope] = {}
-        """The cache scope of each tenant the write named, kept for the repeat after
-        background work."""
-
-    async def __call__(self, scope: Scope_, receive: Receive, send: Send) -> None:
-        body = await read_body(receive, self.gate.max_body_bytes)
-        request = _view(scope, self.match, body)
-        tenants = _write_tenants(self.rule.tenant, request)
-        if not tenants:
-            self.gate.metrics.bypasses.labels("no_tenant").inc()
-            await self.app(scope, body.replay(receive), send)
-            return
-        subject = None
-        if self.rule.subject is not None and body.complete and len(tenants) == 1:
-            subject = _safe_text(self.rule.subject, request)
-
-        async def release(held: HeldResponse) -> None:
-            for tenant in tenants:
-                await self._invalidate(tenant, subject, held)
-
-        held = HeldResponse(send, self.gate.max_entry_bytes, release)
-        try:
-            await self.app(scope, body.replay(receive), held)
-        finally:
-            await held.release()
-            # The route's call returns after its background work (Starlette's BackgroundTasks
-            # run after the response is sent): an answer computed from the data as it was
-            # before that work finished may have been stored under the new generations.
-            for tenant in tenants:
-                await self._invalidate(tenant, subject, held, again=True)
-
-    async def _invalidate(
-        self, tenant: str, subject: str | None, held: HeldResponse, *, again: bool = False
-    ) -> None:
-        if 400 <= held.status < 500:
-            return
-        scope = self.invalidated.get(tenant)
-        if scope is None:
-            if subject is None and self.rule.response_subject is not None:
-                subject = held.json_field(self.rule.response_subject)
-            scope = self.invalidated[tenant] = Scope(tenant, subject)
-        with tracing.tracer.start_as_current_span("cachegate.invalidate") as span:
-            span.set_attributes(
-                {tracing.ROUTE: self.rule.route, "cachegate.reason": self.rule.reason}
-            )
-            await self.gate.invalidator.invalidate(scope, self.rule.reason, counted=not again)
-
-
-def _safe_text(extractor: Callable[[RequestView], object], request: RequestView) -> str | None:
-    """The extracted tenant or subject; None when it cannot be read (the scope widens)."""
-    try:
-        return scope_text(extractor(request))
-    except Exception:
-        return None
-
-
-def _write_tenants(
-    extractor: Callable[[RequestView], object], request: RequestView
-) -> tuple[str, ...]:
-    """The tenants a write may have touched: its tenant, or every occurrence of an ambiguous one
-    (the app picked one of them, the cache cannot know which); none when it cannot be read."""
-    try:
-        tenant = scope_text(extractor(request))
-    except Ambiguous as ambiguous:
-        return tuple(dict.fromkeys(value for value in ambiguous.values if value))
-    except Exception:
-        return ()
-    return () if tenant is None else (tenant,)
-
-
-class HeldResponse:
-    """A `send` that holds the response until it is complete (or over `max_bytes`), then runs
-    `on_release` (the invalidation) and only then lets the response go to the client."""
-
-    def __init__(
-        self,
-        send: Send,
-        max_bytes: int,
-        on_release: Callable[[HeldResponse], Awaitable[None]],
-    ) -> None:
-        self._send = send
-        self._max_bytes = max_bytes
-        self._on_release = on_release
-        self._messages: list[Message] = []
-        self._size = 0
-        self.status = 500
-        self.complete = False
-        self.released = False
-
-    async def __call__(self, message: Message) -> None:
-        if self.released:
-            await self._send(message)
-            return
-        if message["type"] == "http.response.start":
-            self.status = int(message["status"])
-        elif message["type"] == "http.response.body":
-            self._size += len(message.get("body", b""))
-            self.complete = not message.get("more_body", False)
-        self._messages.append(message)
-        if self.complete or self._size > self._max_bytes:
-            await self.release()
-
-    def json_field(self, path: str) -> str | None:
-        """A field of the held body when it is complete JSON; None otherwise."""
-        if not self.complete:
-            return None
-        chunks = [m.get("body", b"") for m in self._messages if m["type"] == "http.response.body"]
-        try:
-            value: object = json.loads(b"".join(chunks))
-        except (ValueError, RecursionError):
-            return None
-        try:
-            return scope_text(field_at(value, path.split(".")))
-        except BadRequest:
-            return None
-
-    async def release(self) -> None:
-        """Run `on_release` once, then send everything held; later messages pass straight on."""
-        if self.released:
-            return
-        self.released = True
-        await self._on_release(self)
-        messages, self._messages = self._messages, []
-        for message in messages:
-            await self._send(message)

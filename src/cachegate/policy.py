@@ -18,7 +18,6 @@ from cachegate.extractors import (
     ClientValue,
     Extractor,
     Guard,
-    Headers,
     RequestView,
     as_int,
     authenticated,
@@ -31,6 +30,7 @@ from cachegate.extractors import (
     trusted_header,
 )
 from cachegate.keys import Normalization
+from cachegate.types import Headers
 
 __all__ = [
     "Ambiguous",
@@ -59,7 +59,7 @@ __all__ = [
 
 
 class Pacing(StrEnum):
-    """How a cached stream is replayed: `burst` as fast as possible, `paced` at the recorded
+    """How a cached stream is sent: `burst` as fast as possible, `paced` at the recorded
     inter-chunk delays (scaled and capped), so a UI that renders tokens behaves as with a fresh
     answer."""
 
@@ -73,7 +73,7 @@ class Streams:
 
     A stream is stored only when it completed normally: the app sent its final body message, the
     client stayed, the app did not raise, the stream fit the entry size limit and, with
-    `terminal` set (e.g. `b"data: [DONE]"`), its body ends with that event. A hit replays the
+    `terminal` set (e.g. `b"data: [DONE]"`), its body ends with that event. A hit sends the
     same chunks with `pacing`; `paced` waits each recorded delay times `factor`, at most `cap`
     seconds.
     """
@@ -91,7 +91,7 @@ class Streams:
             raise ValueError("a required terminal event must not be empty")
 
     def delay(self, gap_seconds: float) -> float:
-        """How long a paced replay waits for a recorded gap between two chunks."""
+        """How long a paced hit waits for a recorded gap between two chunks."""
         if self.pacing is Pacing.BURST:
             return 0.0
         return min(max(gap_seconds, 0.0) * self.factor, self.cap)

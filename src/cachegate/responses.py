@@ -1,20 +1,15 @@
-"""Recording a fresh ASGI response, deciding if it may be stored, and replaying a stored one."""
+"""Recording a fresh ASGI response, deciding if it may be stored, and sending a stored one."""
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable, MutableMapping, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
-from typing import Any
 
 from cachegate.policy import Streams
-
-Message = MutableMapping[str, Any]
-Send = Callable[[Message], Awaitable[None]]
-Receive = Callable[[], Awaitable[Message]]
-Headers = list[tuple[bytes, bytes]]
+from cachegate.types import Headers, Message, Receive, Send
 
 HEADER = b"x-cachegate"
 HOP_BY_HOP = frozenset(
@@ -108,7 +103,7 @@ def _event_stream(content_type: bytes) -> bool:
 
 
 def storable_headers(headers: Headers) -> tuple[tuple[bytes, bytes], ...]:
-    """The headers a hit replays: all but hop-by-hop, length, date and our own."""
+    """The headers a hit sends: all but hop-by-hop, length, date and our own."""
     return tuple(
         (name.lower(), value) for name, value in headers if name.lower() not in _NOT_STORED
     )
@@ -251,7 +246,7 @@ class ResponseRecorder:
         self._offsets.clear()
 
 
-async def replay(
+async def send_entry(
     send: Send, status: int, headers: tuple[tuple[bytes, bytes], ...], body: bytes, header: bytes
 ) -> None:
     """Send a stored response with a correct `Content-Length` and our header."""
@@ -269,7 +264,7 @@ async def replay(
     await send({"type": "http.response.body", "body": body, "more_body": False})
 
 
-async def replay_stream(
+async def send_stream(
     send: Send,
     status: int,
     headers: Sequence[tuple[bytes, bytes]],

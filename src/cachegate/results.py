@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from cachegate.keys import KeySpace, Scope, normalize_value
+from cachegate.keys import CacheScope, KeySpace, normalize_value
 from cachegate.metrics import Metrics
 from cachegate.policy import BadRequest, Extractor, Policy, RequestView, scope_text
 from cachegate.store.base import MISSING_GENERATION, Store, StoreError
@@ -16,8 +16,7 @@ from cachegate.store.codec import (
     encode_entry,
     encode_stream_entry,
 )
-
-LAYER = "query_result"
+from cachegate.vocabulary import Layer
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,7 +24,7 @@ class RequestFacts:
     """What the cache knows of one request: its policy, scope, entry key and generations."""
 
     policy: Policy
-    scope: Scope
+    scope: CacheScope
     key: str
     generation_keys: tuple[str, ...]
 
@@ -68,7 +67,7 @@ class ResultCache:
         subject = None
         if policy.subject is not None:
             subject = scope_text(_extract(policy.subject, request))
-        scope = Scope(tenant, subject)
+        scope = CacheScope(tenant, subject)
         try:
             material = {
                 name: normalize_value(_extract(extractor, request), policy.normalization)
@@ -103,7 +102,7 @@ class ResultCache:
         try:
             stored = decode_stored(found.value)
         except CorruptEntry:
-            self.metrics.corrupt_entries.labels(LAYER).inc()
+            self.metrics.corrupt_entries.labels(Layer.RESULT).inc()
             await self._delete(facts.key)
             return Found(None, current)
         entry, chunks = (
@@ -140,13 +139,13 @@ class ResultCache:
         chunks: tuple[tuple[int, int], ...] = (),
     ) -> Entry | None:
         """Store a fresh response under the generations read before it was computed; with
-        `chunks`, as a streamed entry that replays in those chunks."""
+        `chunks`, as a streamed entry that is sent in those chunks."""
         entry = Entry(status, headers, body, generations)
         data = encode_stream_entry(StreamEntry(entry, chunks)) if chunks else encode_entry(entry)
         if len(data) > self.max_entry_bytes:
             self.metrics.uncacheable.labels("stream_too_large" if chunks else "too_large").inc()
             return None
-        self.metrics.entry_size.labels(LAYER).observe(len(data))
+        self.metrics.entry_size.labels(Layer.RESULT).observe(len(data))
         try:
             await self.store.write(facts.key, data, facts.policy.ttl)
         except StoreError:

@@ -12,15 +12,11 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Callable
 from enum import Enum
-from typing import Any
 
 from cachegate.responses import HEADER, refusal
-
-Message = MutableMapping[str, Any]
-Send = Callable[[Message], Awaitable[None]]
-Headers = list[tuple[bytes, bytes]]
+from cachegate.types import Headers, Message, Send
 
 
 class State(Enum):
@@ -47,7 +43,7 @@ class StreamDiverged(Exception):
 
 
 class LiveStream:
-    """One leader's stream as it is produced: status, headers to replay, chunks so far."""
+    """One leader's stream as it is produced: status, headers to send, chunks so far."""
 
     def __init__(self, status: int, headers: Headers, max_bytes: int) -> None:
         self.status = status
