@@ -11,7 +11,7 @@ from typing import Any
 
 import httpx
 import pytest
-from unleash_server import UnleashServer, unleash_server  # noqa: F401
+from support.unleash_server import UnleashServer, unleash_server  # noqa: F401
 
 from cachegate import cli
 from cachegate.autopilot.controller import KILL_SWITCH, Action, Controller

@@ -25,7 +25,7 @@ from prometheus_client import CollectorRegistry
 from support.components import missing
 from support.prometheus import Prometheus, prometheus_binary, running_prometheus, serving
 from support.redis_server import RedisServer, free_port
-from unleash_server import UnleashServer, unleash_server  # noqa: F401
+from support.unleash_server import UnleashServer, unleash_server  # noqa: F401
 
 from cachegate.autopilot.controller import Action, Controller, Decision
 from cachegate.autopilot.plan import Plan, default_plan_path, parse_plan

@@ -14,10 +14,10 @@ from pathlib import Path
 
 import httpx
 import pytest
-from cohere_server import CohereServer
 from conftest import delete_namespace
 from prometheus_client import CollectorRegistry
 from starlette.testclient import TestClient
+from support.cohere_server import CohereServer
 
 from cachegate import CacheGate, StaticRollout
 from cachegate.demo.app import Notes, create_app, policies, write_rules

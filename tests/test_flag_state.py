@@ -21,7 +21,7 @@ import pytest
 from conftest import missing
 from prometheus_client import CollectorRegistry
 from support.prometheus import prometheus_binary, running_prometheus, serving
-from unleash_server import UnleashServer, unleash_server  # noqa: F401
+from support.unleash_server import UnleashServer, unleash_server  # noqa: F401
 
 from cachegate.demo.service import Demo, DemoConfig, build_demo
 from cachegate.flagadmin import apply_stage, show_flags

@@ -9,7 +9,7 @@ import uuid
 
 import anyio
 import pytest
-from unleash_server import UnleashServer, unleash_server  # noqa: F401
+from support.unleash_server import UnleashServer, unleash_server  # noqa: F401
 
 from cachegate.flagadmin import apply_stage, set_kill_switch
 from cachegate.flags import FlagRollout, UnleashFlags, UnleashSettings, stage_path

@@ -15,7 +15,7 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
-from unleash_server import UnleashServer
+from support.unleash_server import UnleashServer
 
 from cachegate import (
     CacheGate,

@@ -1,4 +1,4 @@
-"""End to end at the flag level against a real Unleash server (see `unleash_server.py`).
+"""End to end at the flag level against a real Unleash server (see `support/unleash_server.py`).
 
 Stages are applied with `flagadmin.apply_stage`, then flags are changed through the admin API the
 way a person does in the dashboard; a connected `FlagRollout` (refresh interval 1 s) must follow,
@@ -14,7 +14,7 @@ from functools import cache
 
 import anyio
 import pytest
-from unleash_server import UnleashServer, free_port, unleash_server  # noqa: F401
+from support.unleash_server import UnleashServer, free_port, unleash_server  # noqa: F401
 
 from cachegate.flagadmin import FlagAdminError, apply_stage, show_flags
 from cachegate.flags import (
