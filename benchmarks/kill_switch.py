@@ -37,8 +37,14 @@ def measure(*, rounds: int = 5, clients: int = 20, window: float = 20.0) -> dict
     sys.path.insert(0, str(REPO / "tests"))
     from support.unleash_server import running_unleash
 
-    from cachegate.flagadmin import apply_stage, set_kill_switch
-    from cachegate.flags import FlagRollout, UnleashFlags, UnleashSettings, stage_path
+    from cachegate.flags import (
+        FlagRollout,
+        UnleashFlags,
+        UnleashSettings,
+        apply_stage,
+        set_kill_switch,
+        stage_path,
+    )
     from cachegate.rollout import Mode
 
     with running_unleash() as server:

@@ -18,7 +18,7 @@ from cachegate.autopilot.controller import KILL_SWITCH, Action, Controller
 from cachegate.autopilot.gates import MetricsUnavailable
 from cachegate.autopilot.plan import Plan, parse_plan
 from cachegate.autopilot.unleash import UnleashStages
-from cachegate.flagadmin import apply_stage, read_stage, set_kill_switch
+from cachegate.flags import apply_stage, read_stage, set_kill_switch
 
 AGREE = 'kind=~"shadow|verify",outcome=~"match|mismatch"'
 MISMATCH = 'kind=~"shadow|verify",outcome=~"mismatch"'

@@ -32,7 +32,7 @@ from cachegate.autopilot.plan import Plan, default_plan_path, parse_plan
 from cachegate.autopilot.prometheus import PrometheusReader
 from cachegate.autopilot.unleash import UnleashStages
 from cachegate.demo.service import DemoConfig, build_demo
-from cachegate.flagadmin import apply_stage
+from cachegate.flags import apply_stage
 from cachegate.workload import Catalog
 
 pytestmark = pytest.mark.slow

@@ -24,8 +24,13 @@ from support.prometheus import prometheus_binary, running_prometheus, serving
 from support.unleash_server import UnleashServer, unleash_server  # noqa: F401
 
 from cachegate.demo.service import Demo, DemoConfig, build_demo
-from cachegate.flagadmin import apply_stage, show_flags
-from cachegate.flags import FLAG_KILL_SWITCH, FLAG_L1_SERVE, STICKINESS_FIELD
+from cachegate.flags import (
+    FLAG_KILL_SWITCH,
+    FLAG_L1_SERVE,
+    STICKINESS_FIELD,
+    apply_stage,
+    show_flags,
+)
 from cachegate.replay import ReplayError, Samples, UnleashSwitcher
 from cachegate.workload import QUESTIONS, Catalog
 

@@ -26,8 +26,7 @@ from cachegate import (
     body_field,
     trusted_header,
 )
-from cachegate.flagadmin import apply_stage
-from cachegate.flags import FLAG_KILL_SWITCH, FlagRollout, UnleashFlags, stage_path
+from cachegate.flags import FLAG_KILL_SWITCH, FlagRollout, UnleashFlags, apply_stage, stage_path
 
 pytestmark = [pytest.mark.slow, pytest.mark.anyio]
 

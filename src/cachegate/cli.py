@@ -112,7 +112,7 @@ def serve(args: argparse.Namespace, err: TextIO) -> int:
 def replay(args: argparse.Namespace, err: TextIO) -> int:
     """Drive the rollout workload through the target and print the measured tables."""
     from cachegate import replay as rp
-    from cachegate.flagadmin import FlagAdminError
+    from cachegate.flags.admin import FlagAdminError
 
     names = tuple(name.strip() for name in args.stages.split(",") if name.strip())
     for name in names:
@@ -203,7 +203,7 @@ def _switcher(args: argparse.Namespace) -> Callable[[httpx.AsyncClient], Switche
     if not args.unleash_url:
         return rp.DemoSwitcher
     token = _admin_token()
-    from cachegate.flagadmin import apply_stage
+    from cachegate.flags.admin import apply_stage
 
     def apply(stage: str) -> None:
         apply_stage(
@@ -225,7 +225,7 @@ def _switcher(args: argparse.Namespace) -> Callable[[httpx.AsyncClient], Switche
 
 def flags_apply(args: argparse.Namespace, err: TextIO) -> int:
     """Move the flags on an Unleash server to a stage."""
-    from cachegate.flagadmin import FlagAdminError, apply_stage
+    from cachegate.flags.admin import FlagAdminError, apply_stage
 
     stage = _stage(args.stage)
     token = _admin_token()
@@ -244,7 +244,8 @@ def flags_apply(args: argparse.Namespace, err: TextIO) -> int:
 
 def flags_show(args: argparse.Namespace, err: TextIO) -> int:
     """Print the CacheGate flags an Unleash server holds."""
-    from cachegate.flagadmin import FlagAdminError, show_flags
+    from cachegate.flags.admin import FlagAdminError
+    from cachegate.flags.report import show_flags
 
     token = _admin_token()
     try:
@@ -263,7 +264,7 @@ def rollout(args: argparse.Namespace, err: TextIO) -> int:
     """`cachegate rollout status|plan|step|run|rollback`: the autopilot (see docs/flags.md)."""
     from cachegate.autopilot import report
     from cachegate.autopilot.plan import PlanError, load_plan
-    from cachegate.flagadmin import FlagAdminError
+    from cachegate.flags.admin import FlagAdminError
 
     try:
         plan = load_plan(Path(args.plan) if args.plan else None)

@@ -161,7 +161,7 @@ class UnleashServer:
 
     @property
     def url(self) -> str:
-        """The server root (the dashboard, and what `flagadmin` takes)."""
+        """The server root (the dashboard, and what `cachegate.flags.admin` takes)."""
         return f"http://127.0.0.1:{self.port}"
 
     @property

@@ -30,8 +30,7 @@ from cachegate.demo.app import (
 from cachegate.demo.embedder import MeteredClient, embed_client
 from cachegate.demo.stages import StageControl
 from cachegate.embeddings import CachedEmbedder
-from cachegate.flags import UnleashFlags, UnleashSettings, stage_path
-from cachegate.flagstate import FlagStateFile, Source
+from cachegate.flags import FlagStateFile, Source, UnleashFlags, UnleashSettings, stage_path
 from cachegate.gate import CacheGate
 from cachegate.keys import Normalization
 from cachegate.metrics import Metrics, default_metrics
