@@ -32,8 +32,8 @@ from cachegate.autopilot.plan import Plan, default_plan_path, parse_plan
 from cachegate.autopilot.prometheus import PrometheusReader
 from cachegate.autopilot.unleash import UnleashStages
 from cachegate.demo.service import DemoConfig, build_demo
+from cachegate.demo.workload import Catalog
 from cachegate.flags import apply_stage
-from cachegate.workload import Catalog
 
 pytestmark = pytest.mark.slow
 
@@ -323,7 +323,7 @@ def test_replay_autopilot_mode_loads_each_stage_the_autopilot_holds(
     prometheus_bin: str,
     spawned_redis: RedisServer,
 ) -> None:
-    from cachegate import replay as rp
+    from cachegate.demo import replay as rp
 
     with rig(unleash_server, prometheus_bin, "off", spawned_redis) as setup:
         controller = setup.controller()

@@ -185,11 +185,11 @@ def test_replay_through_unleash_applies_each_stage(
         applied.append(stage)
 
     async def fake_replay(config: object, *, switcher: object, progress: object) -> list[object]:
-        from cachegate.replay import ReplayConfig, Switcher
+        from cachegate.demo.replay import ReplayConfig, Switcher
 
         assert isinstance(config, ReplayConfig)
         assert (config.query_cost, config.requests) == (0.02, 400)
-        from cachegate.replay import UnleashSwitcher
+        from cachegate.demo.replay import UnleashSwitcher
 
         move: Switcher = switcher(None)  # type: ignore[operator]
         assert isinstance(move, UnleashSwitcher) and move.timeout == 7
@@ -198,7 +198,7 @@ def test_replay_through_unleash_applies_each_stage(
         return []
 
     monkeypatch.setattr(cachegate.flags.admin, "apply_stage", apply_stage)
-    monkeypatch.setattr("cachegate.replay.replay", fake_replay)
+    monkeypatch.setattr("cachegate.demo.replay.replay", fake_replay)
     monkeypatch.setenv("UNLEASH_ADMIN_TOKEN", "admin-token")
     argv = ["replay", "--unleash-url", "http://127.0.0.1:4242", "--stages", "dark-launch,l2"]
     code, _ = run([*argv, "--stage-timeout", "7", "--query-cost", "0.02", "--json"])

@@ -22,10 +22,10 @@ from support.cohere_server import CohereServer
 from cachegate import CacheGate, StaticRollout
 from cachegate.demo.app import Notes, create_app, policies, write_rules
 from cachegate.demo.embedder import LocalEmbedder, hashed_vector
+from cachegate.demo.replay import Samples
 from cachegate.demo.service import Demo, DemoConfig, build_demo
+from cachegate.demo.workload import QUESTIONS, Catalog
 from cachegate.metrics import Metrics
-from cachegate.replay import Samples
-from cachegate.workload import QUESTIONS, Catalog
 
 pytestmark = pytest.mark.anyio
 

@@ -23,7 +23,9 @@ from prometheus_client import CollectorRegistry
 from support.prometheus import prometheus_binary, running_prometheus, serving
 from support.unleash_server import UnleashServer, unleash_server  # noqa: F401
 
+from cachegate.demo.replay import ReplayError, Samples, UnleashSwitcher
 from cachegate.demo.service import Demo, DemoConfig, build_demo
+from cachegate.demo.workload import QUESTIONS, Catalog
 from cachegate.flags import (
     FLAG_KILL_SWITCH,
     FLAG_L1_SERVE,
@@ -31,8 +33,6 @@ from cachegate.flags import (
     apply_stage,
     show_flags,
 )
-from cachegate.replay import ReplayError, Samples, UnleashSwitcher
-from cachegate.workload import QUESTIONS, Catalog
 
 pytestmark = [pytest.mark.slow, pytest.mark.anyio]
 

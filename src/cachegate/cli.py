@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
 from cachegate.demo import DEFAULT_EMBED_LATENCY, DEFAULT_LATENCY, DEFAULT_STAGE
-from cachegate.workload import Catalog, Mix
+from cachegate.demo.workload import Catalog, Mix
 
 if TYPE_CHECKING:
     import httpx
@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     from cachegate.autopilot.controller import Controller, Decision
     from cachegate.autopilot.plan import Plan
     from cachegate.autopilot.telemetry import AutopilotMetrics
-    from cachegate.replay import Progress, ReplayConfig, StageResult, Switcher
+    from cachegate.demo.replay import Progress, ReplayConfig, StageResult, Switcher
 
 ADMIN_TOKEN_ENV = "UNLEASH_ADMIN_TOKEN"
 OK, FAILED, USAGE = 0, 1, 2
@@ -111,7 +111,7 @@ def serve(args: argparse.Namespace, err: TextIO) -> int:
 
 def replay(args: argparse.Namespace, err: TextIO) -> int:
     """Drive the rollout workload through the target and print the measured tables."""
-    from cachegate import replay as rp
+    from cachegate.demo import replay as rp
     from cachegate.flags.admin import FlagAdminError
 
     names = tuple(name.strip() for name in args.stages.split(",") if name.strip())
@@ -163,8 +163,8 @@ async def _replay_autopilot(
 ) -> list[StageResult]:
     """`replay --autopilot`: rounds of load at the autopilot's stage, a step after each, the
     decisions printed as they are made."""
-    from cachegate import replay as rp
     from cachegate.autopilot.plan import PlanError, load_plan
+    from cachegate.demo import replay as rp
 
     if not args.prometheus or not args.unleash_url:
         raise UsageError("--autopilot needs --prometheus URL and --unleash-url URL")
@@ -198,7 +198,7 @@ async def _replay_autopilot(
 
 def _switcher(args: argparse.Namespace) -> Callable[[httpx.AsyncClient], Switcher]:
     """How the replay moves stages: the demo's endpoint, or Unleash with `--unleash-url`."""
-    from cachegate import replay as rp
+    from cachegate.demo import replay as rp
 
     if not args.unleash_url:
         return rp.DemoSwitcher

@@ -39,6 +39,7 @@ from starlette.routing import Route
 from cachegate.demo.chat import CHAT_ROUTE, Question, chat_policy, completion, events, parse
 from cachegate.demo.embedder import LOCAL_MODEL, LocalEmbedder, MeteredClient
 from cachegate.demo.stages import StageControl, StageSwitchRefused
+from cachegate.demo.workload import Catalog
 from cachegate.embeddings import AsyncEmbedClient, CachedEmbedder
 from cachegate.flags import UnknownStageError
 from cachegate.gate import CacheGate
@@ -47,7 +48,6 @@ from cachegate.metrics import exposition
 from cachegate.middleware import CacheGateMiddleware
 from cachegate.policy import Extractor, Policy, WriteRule, body_field, header, trusted_header
 from cachegate.shadow import JsonComparator
-from cachegate.workload import Catalog
 
 TENANT_HEADER = "X-Workspace-ID"
 QUERY_COST = 0.017

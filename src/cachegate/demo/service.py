@@ -29,6 +29,7 @@ from cachegate.demo.app import (
 )
 from cachegate.demo.embedder import MeteredClient, embed_client
 from cachegate.demo.stages import StageControl
+from cachegate.demo.workload import Catalog
 from cachegate.embeddings import CachedEmbedder
 from cachegate.flags import FlagStateFile, Source, UnleashFlags, UnleashSettings, stage_path
 from cachegate.gate import CacheGate
@@ -38,7 +39,6 @@ from cachegate.policy import Extractor, RequestView, header
 from cachegate.store.base import Store
 from cachegate.store.memory import MemoryStore
 from cachegate.store.redis import RedisStore
-from cachegate.workload import Catalog
 
 
 @dataclass(frozen=True)
