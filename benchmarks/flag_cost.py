@@ -1,7 +1,7 @@
 """Flag evaluation cost per request: `FlagRollout.decide(tenant)` memoised and not.
 
 The flags are a shipped stage file (`flags/l1-50.json`: percentage rollouts sticky on the
-workspace, the kill switch, a 5 % random verify sample) evaluated offline by the Unleash SDK's
+workspace, the kill switch, a 15 % random verify sample) evaluated offline by the Unleash SDK's
 own engine. 1 000 tenants are decided in turn; each sample is the mean of one pass over them.
 The same decisions are then measured where they are paid: the in-process hit path
 (`MemoryStore`) with a `StaticRollout` against a `FlagRollout` on the `l1-100` stage.
