@@ -18,7 +18,13 @@ from urllib.parse import quote
 
 import httpx
 
-from cachegate.flags.stages import FLAG_KILL_SWITCH, FLAGS, STICKINESS_FIELD, stage_path
+from cachegate.flags.stages import (
+    FLAG_KILL_SWITCH,
+    FLAGS,
+    STICKINESS_FIELD,
+    stage_path,
+    strategy_key,
+)
 
 __all__ = [
     "FlagAdminError",
@@ -217,17 +223,6 @@ def _switch(admin: httpx.Client, project: str, name: str, environment: str, *, o
     _request(admin, change.method, change.path)
 
 
-def normal_strategy(strategy: Mapping[str, Any]) -> tuple[str, str, str, bool]:
-    """What makes two strategies the same, ignoring ids, titles and sort order fields."""
-    parameters = {k: str(v) for k, v in (strategy.get("parameters") or {}).items()}
-    return (
-        str(strategy.get("name")),
-        json.dumps(parameters, sort_keys=True),
-        json.dumps(strategy.get("constraints") or [], sort_keys=True),
-        bool(strategy.get("disabled", False)),
-    )
-
-
 def _strategy_body(strategy: Mapping[str, Any]) -> dict[str, Any]:
     return {
         "name": strategy["name"],
@@ -254,7 +249,7 @@ def _strategy_changes(
     changes: list[_Change] = []
     for index, strategy in enumerate(wanted):
         if index < len(existing):
-            if normal_strategy(existing[index]) != normal_strategy(strategy):
+            if strategy_key(existing[index]) != strategy_key(strategy):
                 strategy_id = quote(str(existing[index]["id"]))
                 changes.append(
                     _Change(name, "PUT", f"{path}/{strategy_id}", _strategy_body(strategy))

@@ -16,7 +16,6 @@ from cachegate.flags.admin import (
     base_url,
     feature_path,
     get_json,
-    normal_strategy,
     stage_features,
 )
 from cachegate.flags.stages import (
@@ -26,6 +25,7 @@ from cachegate.flags.stages import (
     nearest_stage,
     stage_path,
     stages,
+    strategy_key,
 )
 
 __all__ = ["ServerStage", "read_stage", "show_flags"]
@@ -151,8 +151,8 @@ def _matching_stage(
                 (ignore_kill_switch and f["name"] == FLAG_KILL_SWITCH)
                 or bool(flags[f["name"]].get("enabled")) == bool(f["enabled"])
             )
-            and [normal_strategy(s) for s in flags[f["name"]].get("strategies", [])]
-            == [normal_strategy(s) for s in f.get("strategies") or []]
+            and [strategy_key(s) for s in flags[f["name"]].get("strategies", [])]
+            == [strategy_key(s) for s in f.get("strategies") or []]
             for f in wanted
         ):
             return name

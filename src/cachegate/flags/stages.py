@@ -128,7 +128,7 @@ def parse_features(text: str) -> dict[str, Mapping[str, Any]]:
     return features
 
 
-def _strategy_key(strategy: Mapping[str, Any]) -> tuple[str, str, str, bool]:
+def strategy_key(strategy: Mapping[str, Any]) -> tuple[str, str, str, bool]:
     """What makes two strategies the same, ignoring ids, titles, sort order and variants."""
     parameters = {k: str(v) for k, v in (strategy.get("parameters") or {}).items()}
     return (
@@ -205,13 +205,13 @@ def _weighed_differences(
             lines.append((f"{name}: {state} (stage: {'off' if state == 'on' else 'on'})", 1))
         have = list(got.get("strategies") or [])
         need = list(want.get("strategies") or [])
-        if [_strategy_key(x) for x in have] == [_strategy_key(x) for x in need]:
+        if [strategy_key(x) for x in have] == [strategy_key(x) for x in need]:
             continue
         if len(have) != len(need):
             lines.append((f"{name}: {len(have)} strategies (stage: {len(need)})", 2))
             continue
         for index, (a, b) in enumerate(zip(have, need, strict=True)):
-            if _strategy_key(a) != _strategy_key(b):
+            if strategy_key(a) != strategy_key(b):
                 where = f" strategy {index + 1}" if len(have) > 1 else ""
                 text, weight = _strategy_difference(name, a, b)
                 lines.append((f"{name}{where}: {text}", weight))
