@@ -2,8 +2,8 @@
 server's flags differ from them.
 
 A stage file is a client-features payload (`/api/client/features` format). The shipped stages are
-packaged data (`cachegate/flags/stages/` in a wheel, the repository's `flags/` in a checkout),
-found through `importlib.resources`; `$CACHEGATE_FLAGS_DIR` overrides both. A rollout strategy
+packaged data (`cachegate/flags/stage_files/`, a link to the repository's `flags/`), found
+through `importlib.resources`; `$CACHEGATE_FLAGS_DIR` overrides both. A rollout strategy
 of a serve or shadow flag whose stickiness is not the tenant field is decided as if it were
 (`sticky_payload`), so a dashboard edit cannot make a tenant flip between modes.
 """
@@ -59,16 +59,9 @@ DEFAULT_STAGE = "off"
 DEFAULT_REFRESH_INTERVAL = 1
 """Seconds between the SDK's polls: a kill switch takes effect within about this long."""
 
-_PACKAGED_STAGES = "stage_files"
-"""Where a wheel carries the repository's `flags/` inside this package (pyproject's
-force-include)."""
-
-
-def _repository_flags_dir() -> Path:
-    """The repository's `flags/`, for a checkout (editable install) where no packaged copy
-    exists: `src/cachegate/flags/` is three levels below the repository root."""
-    package = Path(str(resources.files(__package__ or "cachegate.flags")))
-    return package.parents[2] / "flags"
+STAGE_FILES = "stage_files"
+"""The package's directory of stage files: a link to the repository's `flags/` in a checkout,
+its copy in a wheel (the build follows the link). Read through `importlib.resources`."""
 
 
 class UnknownStageError(ValueError):
@@ -76,16 +69,12 @@ class UnknownStageError(ValueError):
 
 
 def flags_dir(environ: Mapping[str, str] | None = None) -> Path:
-    """The directory of stage files: `$CACHEGATE_FLAGS_DIR`, else the repository's `flags/`
-    (in a checkout), else the copy an installed wheel carries."""
+    """The directory of stage files: `$CACHEGATE_FLAGS_DIR`, else the package's `STAGE_FILES`."""
     env = os.environ if environ is None else environ
     override = env.get(FLAGS_DIR_ENV)
     if override:
         return Path(override)
-    packaged = resources.files(__package__ or "cachegate.flags").joinpath(_PACKAGED_STAGES)
-    if packaged.is_dir():
-        return Path(str(packaged))
-    return _repository_flags_dir()
+    return Path(str(resources.files(__package__ or "cachegate.flags").joinpath(STAGE_FILES)))
 
 
 def stages(environ: Mapping[str, str] | None = None) -> list[str]:
