@@ -43,7 +43,7 @@ from support.components import missing
 UNLEASH_VERSION = "7.5.1"
 """Pinned: its engines accept Node 20 (7.6+ needs Node 22)."""
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 INSTALL_DIR = REPO / ".cache" / "unleash"
 SERVER_JS = INSTALL_DIR / "node_modules" / "unleash-server" / "dist" / "server.js"
 
