@@ -1,8 +1,8 @@
 """Kill switch time to effect, and what the 1 s poll costs the Unleash server.
 
-Runs against the suite's real Unleash server (`tests/unleash_server.py`: npm `unleash-server` on
-the local PostgreSQL), so `make bench` runs it with the project's `.venv` in a subprocess
-(`python -m benchmarks.kill_switch` prints JSON). Measured:
+Runs against the suite's real Unleash server (`tests/support/unleash_server.py`: npm
+`unleash-server` on the local PostgreSQL), so `make bench` runs it with the project's `.venv` in
+a subprocess (`python -m benchmarks.kill_switch` prints JSON). Measured:
 
 - time to effect: a connected `FlagRollout` with the default settings (`UnleashSettings`'
   default poll) serves at `l1-100`; the kill switch is turned on through the admin API; the time
@@ -34,11 +34,17 @@ def _cpu_seconds(pid: int) -> float:
 
 def measure(*, rounds: int = 5, clients: int = 20, window: float = 20.0) -> dict[str, Any]:
     """Time to effect per round (seconds) and the server's CPU per poll interval."""
-    sys.path[:0] = [str(REPO / "tests"), str(REPO / "tests" / "support")]
-    from unleash_server import running_unleash
+    sys.path.insert(0, str(REPO / "tests"))
+    from support.unleash_server import running_unleash
 
-    from cachegate.flagadmin import apply_stage, set_kill_switch
-    from cachegate.flags import FlagRollout, UnleashFlags, UnleashSettings, stage_path
+    from cachegate.flags import (
+        FlagRollout,
+        UnleashFlags,
+        UnleashSettings,
+        apply_stage,
+        set_kill_switch,
+        stage_path,
+    )
     from cachegate.rollout import Mode
 
     with running_unleash() as server:

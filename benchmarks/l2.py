@@ -1,7 +1,7 @@
 """L2: embedding caches on batches of 96 texts at 0 %, 50 % and 100 % hits.
 
 Four caches side by side on the same private Redis, each in front of the same Cohere-compatible
-server (the test suite's `tests/cohere_server.py`, in its own process) through the real
+server (the test suite's `tests/support/cohere_server.py`, in its own process) through the real
 `cohere.AsyncClientV2`:
 
 - floor: a hand-written minimum: key = SHA-256 of the text, one MGET, packed float32 decoded
@@ -58,7 +58,7 @@ def fresh_texts(count: int, label: str) -> list[str]:
 
 
 class CohereProcess:
-    """`tests/cohere_server.py` in a child process (pinned away from the benchmark's CPU)."""
+    """`tests/support/cohere_server.py` in a child process, pinned away from the benchmark's CPU."""
 
     def __init__(self) -> None:
         self.process: subprocess.Popen[str] | None = None
@@ -68,7 +68,7 @@ class CohereProcess:
         code = (
             "import sys\n"
             f"sys.path.insert(0, {str(REPO / 'tests')!r})\n"
-            "from cohere_server import CohereServer\n"
+            "from support.cohere_server import CohereServer\n"
             f"server = CohereServer(default_dimension={DIMENSION}).start()\n"
             "print(server.url, flush=True)\n"
             "sys.stdin.read()\n"

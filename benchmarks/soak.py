@@ -58,8 +58,8 @@ def app_from_env() -> object:
     """The soak's server app (uvicorn `--factory`): the demo on `SOAK_REDIS_URL`."""
     from cachegate import CacheGate, Decision, Mode
     from cachegate.demo.app import Notes, create_app, policies, write_rules
+    from cachegate.demo.workload import Catalog
     from cachegate.store import RedisStore
-    from cachegate.workload import Catalog
 
     serve = Decision(l1=Mode.SERVE, l2=Mode.SERVE)
     shadow = Decision(l1=Mode.SHADOW, l2=Mode.SHADOW)

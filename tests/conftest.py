@@ -16,7 +16,7 @@ import redis
 from support.components import missing
 from support.redis_cluster import redis_cluster  # noqa: F401  (a private 3-master cluster)
 from support.redis_server import RedisServer, redis_server_binary, running_redis
-from unleash_server import unleash_server  # noqa: F401  (the session's real Unleash server)
+from support.unleash_server import unleash_server  # noqa: F401  (the session's real Unleash server)
 
 from cachegate.store import MemoryStore, RedisStore, Store
 

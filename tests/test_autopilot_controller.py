@@ -11,14 +11,14 @@ from typing import Any
 
 import httpx
 import pytest
-from unleash_server import UnleashServer, unleash_server  # noqa: F401
+from support.unleash_server import UnleashServer, unleash_server  # noqa: F401
 
 from cachegate import cli
 from cachegate.autopilot.controller import KILL_SWITCH, Action, Controller
 from cachegate.autopilot.gates import MetricsUnavailable
 from cachegate.autopilot.plan import Plan, parse_plan
 from cachegate.autopilot.unleash import UnleashStages
-from cachegate.flagadmin import apply_stage, read_stage, set_kill_switch
+from cachegate.flags import apply_stage, read_stage, set_kill_switch
 
 AGREE = 'kind=~"shadow|verify",outcome=~"match|mismatch"'
 MISMATCH = 'kind=~"shadow|verify",outcome=~"mismatch"'

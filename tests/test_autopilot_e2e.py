@@ -25,15 +25,15 @@ from prometheus_client import CollectorRegistry
 from support.components import missing
 from support.prometheus import Prometheus, prometheus_binary, running_prometheus, serving
 from support.redis_server import RedisServer, free_port
-from unleash_server import UnleashServer, unleash_server  # noqa: F401
+from support.unleash_server import UnleashServer, unleash_server  # noqa: F401
 
 from cachegate.autopilot.controller import Action, Controller, Decision
 from cachegate.autopilot.plan import Plan, default_plan_path, parse_plan
 from cachegate.autopilot.prometheus import PrometheusReader
 from cachegate.autopilot.unleash import UnleashStages
 from cachegate.demo.service import DemoConfig, build_demo
-from cachegate.flagadmin import apply_stage
-from cachegate.workload import Catalog
+from cachegate.demo.workload import Catalog
+from cachegate.flags import apply_stage
 
 pytestmark = pytest.mark.slow
 
@@ -323,7 +323,7 @@ def test_replay_autopilot_mode_loads_each_stage_the_autopilot_holds(
     prometheus_bin: str,
     spawned_redis: RedisServer,
 ) -> None:
-    from cachegate import replay as rp
+    from cachegate.demo import replay as rp
 
     with rig(unleash_server, prometheus_bin, "off", spawned_redis) as setup:
         controller = setup.controller()

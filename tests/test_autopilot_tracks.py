@@ -12,8 +12,8 @@ import time
 from typing import Any
 
 import pytest
+from support.unleash_server import UnleashServer, unleash_server  # noqa: F401
 from test_flagadmin_atomic import Observing, Shape, killed, server_shape, stage_shape
-from unleash_server import UnleashServer, unleash_server  # noqa: F401
 
 from cachegate import cli
 from cachegate.autopilot.controller import KILL_SWITCH, Action, Decision
@@ -22,7 +22,7 @@ from cachegate.autopilot.layers import UnleashLayers
 from cachegate.autopilot.plan import Plan, default_plan_path, parse_plan
 from cachegate.autopilot.report import decision_dict, render_json
 from cachegate.autopilot.tracks import TrackController
-from cachegate.flagadmin import apply_stage, read_stage, set_kill_switch
+from cachegate.flags import apply_stage, read_stage, set_kill_switch
 
 TRACKS_FILE = default_plan_path().parent / "rollout-tracks.toml"
 

@@ -16,15 +16,15 @@ from typing import Any
 
 import pytest
 from support.redis_server import RedisServer
+from support.unleash_server import UnleashServer, unleash_server  # noqa: F401
 from test_autopilot_e2e import JOB, STEP_BUDGET, Load, prometheus_bin, rig  # noqa: F401
-from unleash_server import UnleashServer, unleash_server  # noqa: F401
 
 from cachegate.autopilot.controller import Action, Decision
 from cachegate.autopilot.layers import UnleashLayers
 from cachegate.autopilot.plan import Plan, default_plan_path, parse_plan
 from cachegate.autopilot.prometheus import PrometheusReader
 from cachegate.autopilot.tracks import TrackController
-from cachegate.flagadmin import read_stage
+from cachegate.flags import read_stage
 
 pytestmark = pytest.mark.slow
 

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 from prometheus_client import CollectorRegistry
 
-import cachegate.flagadmin
+import cachegate.flags.admin
+import cachegate.flags.report
 from cachegate.cli import FAILED, OK, USAGE, main, parser
 from cachegate.demo import DEFAULT_EMBED_LATENCY, DEFAULT_LATENCY, DEFAULT_STAGE
 from cachegate.flags import STAGES
@@ -128,7 +129,7 @@ def test_flags_apply_passes_stage_token_and_target(
     def apply_stage(url: str, token: str, stage: str, *, project: str, environment: str) -> None:
         calls.append((url, token, stage, project, environment))
 
-    monkeypatch.setattr(cachegate.flagadmin, "apply_stage", apply_stage)
+    monkeypatch.setattr(cachegate.flags.admin, "apply_stage", apply_stage)
     monkeypatch.setenv("UNLEASH_ADMIN_TOKEN", "admin-token")
     argv = ["flags", "apply", "--stage", "l1-10", "--unleash-url", "http://127.0.0.1:4242"]
     code, _ = run([*argv, "--environment", "production"])
@@ -143,7 +144,7 @@ def test_flags_show_prints_the_servers_table(
     def show_flags(url: str, token: str, *, project: str) -> str:
         return f"table of {project} at {url}"
 
-    monkeypatch.setattr(cachegate.flagadmin, "show_flags", show_flags)
+    monkeypatch.setattr(cachegate.flags.report, "show_flags", show_flags)
     monkeypatch.setenv("UNLEASH_ADMIN_TOKEN", "admin-token")
     code, _ = run(["flags", "show", "--unleash-url", "http://127.0.0.1:4242"])
     assert code == OK
@@ -184,11 +185,11 @@ def test_replay_through_unleash_applies_each_stage(
         applied.append(stage)
 
     async def fake_replay(config: object, *, switcher: object, progress: object) -> list[object]:
-        from cachegate.replay import ReplayConfig, Switcher
+        from cachegate.demo.replay import ReplayConfig, Switcher
 
         assert isinstance(config, ReplayConfig)
         assert (config.query_cost, config.requests) == (0.02, 400)
-        from cachegate.replay import UnleashSwitcher
+        from cachegate.demo.replay import UnleashSwitcher
 
         move: Switcher = switcher(None)  # type: ignore[operator]
         assert isinstance(move, UnleashSwitcher) and move.timeout == 7
@@ -196,8 +197,8 @@ def test_replay_through_unleash_applies_each_stage(
             await asyncio.to_thread(move.apply, stage)
         return []
 
-    monkeypatch.setattr(cachegate.flagadmin, "apply_stage", apply_stage)
-    monkeypatch.setattr("cachegate.replay.replay", fake_replay)
+    monkeypatch.setattr(cachegate.flags.admin, "apply_stage", apply_stage)
+    monkeypatch.setattr("cachegate.demo.replay.replay", fake_replay)
     monkeypatch.setenv("UNLEASH_ADMIN_TOKEN", "admin-token")
     argv = ["replay", "--unleash-url", "http://127.0.0.1:4242", "--stages", "dark-launch,l2"]
     code, _ = run([*argv, "--stage-timeout", "7", "--query-cost", "0.02", "--json"])

@@ -14,18 +14,18 @@ from pathlib import Path
 
 import httpx
 import pytest
-from cohere_server import CohereServer
 from conftest import delete_namespace
 from prometheus_client import CollectorRegistry
 from starlette.testclient import TestClient
+from support.cohere_server import CohereServer
 
 from cachegate import CacheGate, StaticRollout
 from cachegate.demo.app import Notes, create_app, policies, write_rules
 from cachegate.demo.embedder import LocalEmbedder, hashed_vector
+from cachegate.demo.replay import Samples
 from cachegate.demo.service import Demo, DemoConfig, build_demo
+from cachegate.demo.workload import QUESTIONS, Catalog
 from cachegate.metrics import Metrics
-from cachegate.replay import Samples
-from cachegate.workload import QUESTIONS, Catalog
 
 pytestmark = pytest.mark.anyio
 

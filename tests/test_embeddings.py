@@ -16,11 +16,11 @@ import cohere
 import pytest
 from cohere.errors import InternalServerError, TooManyRequestsError
 from cohere.types import EmbedByTypeResponse, EmbedByTypeResponseEmbeddings
-from cohere_server import CohereServer, embedding, float_vector, tokens_for
 from conftest import delete_namespace
 from hypothesis import given
 from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
+from support.cohere_server import CohereServer, embedding, float_vector, tokens_for
 
 from cachegate.comparators import Outcome
 from cachegate.embeddings import (

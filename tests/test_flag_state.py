@@ -22,14 +22,19 @@ import pytest
 from conftest import missing
 from prometheus_client import CollectorRegistry
 from support.prometheus import prometheus_binary, running_prometheus, serving
-from unleash_server import UnleashServer, unleash_server  # noqa: F401
+from support.unleash_server import UnleashServer, unleash_server  # noqa: F401
 
+from cachegate.demo.replay import ReplayError, Samples, UnleashSwitcher
 from cachegate.demo.service import Demo, DemoConfig, build_demo
-from cachegate.flagadmin import apply_stage, show_flags
-from cachegate.flags import FLAG_KILL_SWITCH, FLAG_L1_SERVE, STICKINESS_FIELD
-from cachegate.replay import ReplayError, Samples, UnleashSwitcher
+from cachegate.demo.workload import QUESTIONS, Catalog
+from cachegate.flags import (
+    FLAG_KILL_SWITCH,
+    FLAG_L1_SERVE,
+    STICKINESS_FIELD,
+    apply_stage,
+    show_flags,
+)
 from cachegate.rollout import Mode
-from cachegate.workload import QUESTIONS, Catalog
 
 pytestmark = [pytest.mark.slow, pytest.mark.anyio]
 

@@ -13,10 +13,17 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 import httpx
-from unleash_server import UnleashServer, unleash_server  # noqa: F401
+from support.unleash_server import UnleashServer, unleash_server  # noqa: F401
 
-from cachegate.flagadmin import apply_stage, read_stage, set_kill_switch
-from cachegate.flags import FLAG_KILL_SWITCH, FLAGS, STAGES, stage_path
+from cachegate.flags import (
+    FLAG_KILL_SWITCH,
+    FLAGS,
+    STAGES,
+    apply_stage,
+    read_stage,
+    set_kill_switch,
+    stage_path,
+)
 
 Shape = tuple[tuple[str, bool, tuple[tuple[str, str], ...]], ...]
 

@@ -18,7 +18,6 @@ from typing import Any
 import cohere
 import httpx
 import pytest
-from cohere_server import CohereServer, float_vector
 from conftest import delete_namespace
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -29,6 +28,7 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 from support.apps import Harness
+from support.cohere_server import CohereServer, float_vector
 from support.model import Model
 
 from cachegate.embeddings import CachedEmbedder

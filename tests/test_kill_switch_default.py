@@ -9,10 +9,16 @@ import uuid
 
 import anyio
 import pytest
-from unleash_server import UnleashServer, unleash_server  # noqa: F401
+from support.unleash_server import UnleashServer, unleash_server  # noqa: F401
 
-from cachegate.flagadmin import apply_stage, set_kill_switch
-from cachegate.flags import FlagRollout, UnleashFlags, UnleashSettings, stage_path
+from cachegate.flags import (
+    FlagRollout,
+    UnleashFlags,
+    UnleashSettings,
+    apply_stage,
+    set_kill_switch,
+    stage_path,
+)
 from cachegate.rollout import Mode
 
 pytestmark = pytest.mark.anyio

@@ -13,7 +13,7 @@ from support.apps import Harness
 from test_invalidation import ObservedFlights, until
 
 from cachegate.demo.service import DemoConfig, build_demo
-from cachegate.workload import QUESTIONS, Catalog
+from cachegate.demo.workload import QUESTIONS, Catalog
 
 pytestmark = pytest.mark.anyio
 

@@ -14,7 +14,7 @@ from typing import Any
 
 import httpx
 import pytest
-from cohere_server import CohereServer
+from support.cohere_server import CohereServer
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 BLOCKS = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)

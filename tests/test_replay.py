@@ -15,9 +15,7 @@ import uvicorn
 from prometheus_client import CollectorRegistry
 
 from cachegate.cli import main
-from cachegate.demo.service import DemoConfig, build_demo
-from cachegate.keys import Normalization, normalize_text
-from cachegate.replay import (
+from cachegate.demo.replay import (
     DEFAULT_STAGES,
     Percentiles,
     Progress,
@@ -31,7 +29,8 @@ from cachegate.replay import (
     render_text,
     replay,
 )
-from cachegate.workload import (
+from cachegate.demo.service import DemoConfig, build_demo
+from cachegate.demo.workload import (
     QUESTIONS,
     Catalog,
     CreateSession,
@@ -43,6 +42,7 @@ from cachegate.workload import (
     Zipf,
     near_duplicate,
 )
+from cachegate.keys import Normalization, normalize_text
 
 CATALOG = Catalog(workspaces=4, clients=3)
 CONCURRENCY = 6

@@ -15,7 +15,7 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
-from unleash_server import UnleashServer
+from support.unleash_server import UnleashServer
 
 from cachegate import (
     CacheGate,
@@ -26,8 +26,7 @@ from cachegate import (
     body_field,
     trusted_header,
 )
-from cachegate.flagadmin import apply_stage
-from cachegate.flags import FLAG_KILL_SWITCH, FlagRollout, UnleashFlags, stage_path
+from cachegate.flags import FLAG_KILL_SWITCH, FlagRollout, UnleashFlags, apply_stage, stage_path
 
 pytestmark = [pytest.mark.slow, pytest.mark.anyio]
 

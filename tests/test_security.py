@@ -580,7 +580,7 @@ async def test_a_response_with_a_future_expiry_or_positive_max_age_is_stored(
 
 @pytest.fixture(scope="module")
 def full_precision_cohere() -> Any:
-    from cohere_server import CohereServer
+    from support.cohere_server import CohereServer
 
     with CohereServer(default_dimension=16, float64=True) as server:
         yield server

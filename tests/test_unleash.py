@@ -1,9 +1,9 @@
-"""End to end at the flag level against a real Unleash server (see `unleash_server.py`).
+"""End to end at the flag level against a real Unleash server (see `support/unleash_server.py`).
 
-Stages are applied with `flagadmin.apply_stage`, then flags are changed through the admin API the
-way a person does in the dashboard; a connected `FlagRollout` (refresh interval 1 s) must follow,
-keep its last state when the server goes away, and use its bootstrap file when the server is
-down at start. Waits poll with a deadline; none sleeps a fixed time.
+Stages are applied with `cachegate.flags.apply_stage`, then flags are changed through the admin
+API the way a person does in the dashboard; a connected `FlagRollout` (refresh interval 1 s) must
+follow, keep its last state when the server goes away, and use its bootstrap file when the
+server is down at start. Waits poll with a deadline; none sleeps a fixed time.
 """
 
 from __future__ import annotations
@@ -14,16 +14,18 @@ from functools import cache
 
 import anyio
 import pytest
-from unleash_server import UnleashServer, free_port, unleash_server  # noqa: F401
+from support.unleash_server import UnleashServer, free_port, unleash_server  # noqa: F401
 
-from cachegate.flagadmin import FlagAdminError, apply_stage, show_flags
 from cachegate.flags import (
     FLAG_KILL_SWITCH,
     FLAG_L1_SERVE,
+    FlagAdminError,
     FlagRollout,
     OfflineFlags,
     UnleashFlags,
     UnleashSettings,
+    apply_stage,
+    show_flags,
     stage_path,
 )
 from cachegate.rollout import OFF, Mode

@@ -9,11 +9,10 @@ import time
 import pytest
 from support.apps import Harness
 from support.redis_server import RedisServer
+from support.unleash_server import UnleashServer
 from test_faults import assert_no_failures, load, serving
-from unleash_server import UnleashServer
 
-from cachegate.flagadmin import apply_stage
-from cachegate.flags import FLAG_KILL_SWITCH, FlagRollout, UnleashFlags, stage_path
+from cachegate.flags import FLAG_KILL_SWITCH, FlagRollout, UnleashFlags, apply_stage, stage_path
 from cachegate.rollout import Mode
 from cachegate.store import RedisStore
 

@@ -46,7 +46,7 @@ BYPASS_REASONS = tuple(reason.value for reason in BypassReason)
 ENCRYPTION_REJECTS = ("unknown_key", "invalid")
 SINGLE_FLIGHT_OUTCOMES = ("shared", "timeout", "not_shared")
 FLAG_SOURCES = ("live", "persisted", "bootstrap", "offline")
-"""Values of `flag_state_source`'s `source` (see `cachegate.flagstate.Source`)."""
+"""Values of `flag_state_source`'s `source` (see `cachegate.flags.Source`)."""
 ROLLOUT_FLAGS = (
     "cachegate.l1.serve",
     "cachegate.l1.shadow",

@@ -21,7 +21,7 @@ from cachegate.autopilot.plan import Plan
 from cachegate.autopilot.prometheus import PrometheusReader
 from cachegate.autopilot.telemetry import AutopilotMetrics, default_autopilot_metrics
 from cachegate.autopilot.tracks import TrackController
-from cachegate.flagadmin import FlagAdminError
+from cachegate.flags.admin import FlagAdminError
 
 __all__ = ["rollout_tracks"]
 

@@ -23,7 +23,7 @@ from cachegate.autopilot.gates import (
     evaluate,
 )
 from cachegate.autopilot.plan import OnFail, Plan, PlanError, StagePlan
-from cachegate.flagadmin import ServerStage
+from cachegate.flags import ServerStage
 
 __all__ = ["KILL_SWITCH", "Action", "Controller", "Decision", "StageStore"]
 

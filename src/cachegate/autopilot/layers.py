@@ -1,10 +1,10 @@
 """One layer's flags in Unleash: which state of its track they match, and moving them alone.
 
 A track (see `plan.TrackPlan`) owns its layer's flags only. `UnleashLayers.apply` changes those
-flags and nothing else, with the same guarantee as `flagadmin.apply_stage`: one change is applied
+flags and nothing else, with the same guarantee as `flags.apply_stage`: one change is applied
 as it is; several are bracketed by the kill switch (every layer off for a moment, then the new
 state), so no client ever evaluates a mix of two states of one layer. It never turns the kill
-switch off: when a person has turned it on, it moves nothing. Built on `cachegate.flagadmin`'s
+switch off: when a person has turned it on, it moves nothing. Built on `cachegate.flags.admin`'s
 admin API helpers so that stage moves and track moves share one implementation of the API.
 """
 
@@ -17,9 +17,11 @@ from urllib.parse import urlencode
 
 import httpx
 
-from cachegate import flagadmin as fa
 from cachegate.autopilot.plan import Plan, TrackPlan, TrackState
 from cachegate.flags import FLAG_KILL_SWITCH, stage_path
+from cachegate.flags import admin as fa
+from cachegate.flags import report as flag_report
+from cachegate.flags.stages import strategy_key
 
 __all__ = ["LayersView", "TrackView", "UnleashLayers"]
 
@@ -42,15 +44,15 @@ class LayersView:
 
 
 def _features(stage: str) -> dict[str, dict[str, Any]]:
-    return {f["name"]: f for f in fa._stage_features(stage_path(stage))}
+    return {f["name"]: f for f in fa.stage_features(stage_path(stage))}
 
 
 def _matches(env: Mapping[str, Any] | None, feature: Mapping[str, Any]) -> bool:
     if env is None:
         return False
     return bool(env.get("enabled")) == bool(feature["enabled"]) and [
-        fa._normal(s) for s in env.get("strategies", [])
-    ] == [fa._normal(s) for s in feature.get("strategies") or []]
+        strategy_key(s) for s in env.get("strategies", [])
+    ] == [strategy_key(s) for s in feature.get("strategies") or []]
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,10 +70,10 @@ class UnleashLayers:
     def read(self) -> LayersView:
         """Each track's state and start, and the kill switch."""
         flags = {flag for track in self.plan.tracks for flag in track.flags} | {FLAG_KILL_SWITCH}
-        with fa._admin(self.url, self.admin_token) as admin:
+        with fa.admin_session(self.url, self.admin_token) as admin:
             envs: dict[str, Mapping[str, Any]] = {}
             for name in sorted(flags):
-                feature = fa._get(admin, fa._feature_path(self.project, name), missing_ok=True)
+                feature = fa.get_json(admin, fa.feature_path(self.project, name), missing_ok=True)
                 for env in (feature or {}).get("environments", []):
                     if env.get("name") == self.environment:
                         envs[name] = env
@@ -104,9 +106,9 @@ class UnleashLayers:
                 "limit": "1",
             }
         )
-        events = fa._get(admin, "/search/events?" + query)
+        events = fa.get_json(admin, "/search/events?" + query)
         if isinstance(events, dict) and events.get("events"):
-            return fa._timestamp(events["events"][0].get("createdAt"))
+            return flag_report._timestamp(events["events"][0].get("createdAt"))
         return None
 
     def apply(self, track: TrackPlan, state: TrackState) -> bool:
@@ -115,7 +117,7 @@ class UnleashLayers:
         wanted = _features(state.flags_from)
         features = [wanted[flag] for flag in track.flags]
         kill = wanted[FLAG_KILL_SWITCH]
-        with fa._admin(self.url, self.admin_token, self.transport) as admin:
+        with fa.admin_session(self.url, self.admin_token, self.transport) as admin:
             fa._ensure_context_field(admin)
             for feature in (*features, kill):
                 fa._ensure_feature(admin, self.project, feature)

@@ -1,10 +1,10 @@
-"""The stage as Unleash holds it, and moves through its admin API (`cachegate.flagadmin`)."""
+"""The stage as Unleash holds it, and moves through its admin API (`cachegate.flags.admin`)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from cachegate.flagadmin import ServerStage, apply_stage, read_stage, set_kill_switch
+from cachegate.flags import ServerStage, apply_stage, read_stage, set_kill_switch
 
 __all__ = ["UnleashStages"]
 
@@ -25,7 +25,7 @@ class UnleashStages:
         )
 
     def apply(self, stage: str) -> None:
-        """Move to `stage` (atomically for clients: see `flagadmin.apply_stage`)."""
+        """Move to `stage` (atomically for clients: see `cachegate.flags.apply_stage`)."""
         apply_stage(
             self.url,
             self.admin_token,

@@ -29,9 +29,9 @@ from cachegate.demo.app import (
 )
 from cachegate.demo.embedder import MeteredClient, embed_client
 from cachegate.demo.stages import StageControl
+from cachegate.demo.workload import Catalog
 from cachegate.embeddings import CachedEmbedder
-from cachegate.flags import UnleashFlags, UnleashSettings, stage_path
-from cachegate.flagstate import FlagStateFile, Source
+from cachegate.flags import FlagStateFile, Source, UnleashFlags, UnleashSettings, stage_path
 from cachegate.gate import CacheGate
 from cachegate.keys import Normalization
 from cachegate.metrics import Metrics, default_metrics
@@ -39,7 +39,6 @@ from cachegate.policy import Extractor, RequestView, header
 from cachegate.store.base import Store
 from cachegate.store.memory import MemoryStore
 from cachegate.store.redis import RedisStore
-from cachegate.workload import Catalog
 
 
 @dataclass(frozen=True)

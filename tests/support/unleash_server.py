@@ -3,7 +3,7 @@
 API:
 - `unleash_server` — session-scoped pytest fixture yielding a running `UnleashServer`. Register it
   for every test module by adding to `tests/conftest.py`:
-  `from unleash_server import unleash_server  # noqa: F401`.
+  `from support.unleash_server import unleash_server  # noqa: F401`.
 - `UnleashServer` — `url` (server root), `api_url` (what SDKs and `UNLEASH_URL` take),
   `admin_token`, `client_token` (backend token of project `default`, environment
   `development`), `settings(...)` (an `UnleashSettings` for a connected `UnleashFlags`),
@@ -36,14 +36,14 @@ from typing import Any
 
 import httpx
 import pytest
-from support.components import missing
 
 from cachegate.flags import UnleashSettings
+from support.components import missing
 
 UNLEASH_VERSION = "7.5.1"
 """Pinned: its engines accept Node 20 (7.6+ needs Node 22)."""
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 INSTALL_DIR = REPO / ".cache" / "unleash"
 SERVER_JS = INSTALL_DIR / "node_modules" / "unleash-server" / "dist" / "server.js"
 
@@ -161,7 +161,7 @@ class UnleashServer:
 
     @property
     def url(self) -> str:
-        """The server root (the dashboard, and what `flagadmin` takes)."""
+        """The server root (the dashboard, and what `cachegate.flags.admin` takes)."""
         return f"http://127.0.0.1:{self.port}"
 
     @property
