@@ -10,7 +10,7 @@ The kill switch always wins: while it is on, the controller holds and touches no
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Protocol
@@ -233,22 +233,9 @@ class Controller:
                     code="gate_failed",
                     reason=f"{result.gate}: {result.reason}",
                 )
-        for result in results:
-            if result.verdict is Verdict.FAIL:
-                seen = f"{failures[result.gate]}/{limits[result.gate]}"
-                code = "gate_failing" if result.on_fail is OnFail.ROLLBACK else "gate_failed"
-                return replace(base, code=code, reason=f"{result.gate}: {result.reason} ({seen})")
-        for result in results:
-            if result.verdict is Verdict.HOLD:
-                return replace(base, code="gate_holding", reason=f"{result.gate}: {result.reason}")
-        assert base.elapsed is not None
-        if base.elapsed < current.min_observation:
-            return replace(
-                base,
-                code="observing",
-                reason=f"gates pass; observed {base.elapsed:.0f}s"
-                f" of {current.min_observation:.0f}s",
-            )
+        waiting = not_yet(base, results, failures, limits, current.min_observation)
+        if waiting is not None:
+            return waiting
         if position == len(self.plan.stages) - 1:
             return replace(
                 base, action=Action.COMPLETE, code="complete", reason="last stage, gates pass"
@@ -261,3 +248,31 @@ class Controller:
             code="gates_passed",
             reason=f"every gate passes after {base.elapsed:.0f}s: on to {target}",
         )
+
+
+def not_yet(
+    base: Decision,
+    results: Sequence[GateResult],
+    failures: Mapping[str, int],
+    limits: Mapping[str, int],
+    min_observation: float,
+) -> Decision | None:
+    """Why a stage (or a track's state) that rolls nothing back does not advance yet: a failing
+    gate (with its count against its limit), a holding gate, or too short an observation; None
+    when every gate passes and it has been observed long enough."""
+    for result in results:
+        if result.verdict is Verdict.FAIL:
+            seen = f"{failures[result.gate]}/{limits[result.gate]}"
+            code = "gate_failing" if result.on_fail is OnFail.ROLLBACK else "gate_failed"
+            return replace(base, code=code, reason=f"{result.gate}: {result.reason} ({seen})")
+    for result in results:
+        if result.verdict is Verdict.HOLD:
+            return replace(base, code="gate_holding", reason=f"{result.gate}: {result.reason}")
+    assert base.elapsed is not None
+    if base.elapsed < min_observation:
+        return replace(
+            base,
+            code="observing",
+            reason=f"gates pass; observed {base.elapsed:.0f}s of {min_observation:.0f}s",
+        )
+    return None

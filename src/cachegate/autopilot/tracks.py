@@ -15,7 +15,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Protocol
 
-from cachegate.autopilot.controller import KILL_SWITCH, Action, Decision
+from cachegate.autopilot.controller import KILL_SWITCH, Action, Decision, not_yet
 from cachegate.autopilot.gates import (
     GateResult,
     MetricsReader,
@@ -214,22 +214,10 @@ class TrackController:
                     code="gate_failed",
                     reason=f"{result.gate}: {result.reason}",
                 )
-        for result in results:
-            if result.verdict is Verdict.FAIL:
-                seen = f"{failures[result.gate]}/{gates[result.gate].failure_limit}"
-                code = "gate_failing" if result.on_fail is OnFail.ROLLBACK else "gate_failed"
-                return replace(base, code=code, reason=f"{result.gate}: {result.reason} ({seen})")
-        for result in results:
-            if result.verdict is Verdict.HOLD:
-                return replace(base, code="gate_holding", reason=f"{result.gate}: {result.reason}")
-        assert base.elapsed is not None
-        if base.elapsed < current.min_observation:
-            return replace(
-                base,
-                code="observing",
-                reason=f"gates pass; observed {base.elapsed:.0f}s"
-                f" of {current.min_observation:.0f}s",
-            )
+        limits = {name: gate.failure_limit for name, gate in gates.items()}
+        waiting = not_yet(base, results, failures, limits, current.min_observation)
+        if waiting is not None:
+            return waiting
         if position == len(track.states) - 1:
             return replace(
                 base, action=Action.COMPLETE, code="complete", reason="last state, gates pass"
