@@ -21,6 +21,7 @@ from support.unleash_server import unleash_server  # noqa: F401  (the session's 
 from cachegate.store import MemoryStore, RedisStore, Store
 
 REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
+STORE_DEADLINE = 5.0
 
 
 @pytest.fixture
@@ -59,20 +60,25 @@ def redis_url() -> str:
 async def opened_store(
     kind: str, request: pytest.FixtureRequest, namespace: str
 ) -> AsyncIterator[Store]:
-    """A store of `kind` (`memory`, `redis`, `cluster`); Redis keys are cleaned up after."""
+    """A store of `kind` (`memory`, `redis`, `cluster`); Redis keys are cleaned up after.
+
+    The deadline is generous (5 s): these stores serve behaviour tests, and on a loaded 2-core
+    machine a cold connection (topology, the epoch's INFO) can outlast a tight one and turn an
+    expected miss into a fail-open bypass. Fault tests build stores with their own deadlines.
+    """
     if kind == "memory":
         yield MemoryStore()
         return
     if kind == "cluster":
         url = request.getfixturevalue("redis_cluster").url
-        cluster_store = RedisStore.from_url(url, cluster=True, deadline=1.0)
+        cluster_store = RedisStore.from_url(url, cluster=True, deadline=STORE_DEADLINE)
         try:
             yield cluster_store
         finally:
             await cluster_store.aclose()
         return
     url = request.getfixturevalue("redis_url")
-    redis_store = RedisStore.from_url(url, deadline=1.0)
+    redis_store = RedisStore.from_url(url, deadline=STORE_DEADLINE)
     try:
         yield redis_store
     finally:
