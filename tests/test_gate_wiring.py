@@ -78,3 +78,21 @@ async def test_a_wrapped_redis_store_reports_store_metrics(redis_url: str, names
         from conftest import delete_namespace
 
         delete_namespace(redis_url, namespace)
+
+
+async def test_background_work_cancelled_before_it_ran_is_closed_not_leaked() -> None:
+    """aclose cancels background work; work that never started is closed, so no coroutine is
+    left 'never awaited' (a RuntimeWarning at shutdown)."""
+    import inspect
+
+    gate = CacheGate(policies=[], metrics=Metrics(registry=CollectorRegistry()))
+    ran: list[bool] = []
+
+    async def work() -> None:
+        ran.append(True)
+
+    pending = work()
+    assert gate.background(pending)
+    await gate.aclose()
+    assert ran == []
+    assert inspect.getcoroutinestate(pending) == inspect.CORO_CLOSED

@@ -115,6 +115,8 @@ class CacheGate:
         task = asyncio.get_running_loop().create_task(self._bounded(work))
         self._background.add(task)
         task.add_done_callback(self._background.discard)
+        # a task cancelled before it ran (aclose at shutdown) never awaited `work`: close it
+        task.add_done_callback(lambda _: work.close())
         return True
 
     async def _bounded(self, work: Coroutine[Any, Any, None]) -> None:
