@@ -37,6 +37,7 @@ from cachegate.store.base import (
     StoreWritesRefused,
     random_generation,
 )
+from cachegate.store.calls import CallRunner
 from cachegate.store.epoch import ServerEpochs
 from cachegate.store.urls import connect
 
@@ -90,11 +91,8 @@ class RedisStore:
         self.metrics = metrics
         self.breaker = breaker or CircuitBreaker(on_change=self._breaker_changed)
         self._cluster = isinstance(client, RedisCluster)
-        self._unready = self._cluster
-        self._ready_lock = asyncio.Lock()
+        self._calls = CallRunner(client)
         self._durations: dict[str, Histogram] = {}
-        self._abandoned: set[asyncio.Future[Any]] = set()
-        """Calls past their deadline, finishing in the background."""
         self.probe_interval = probe_interval
         self.warm_connections = warm_connections
         self.epochs = ServerEpochs(on_change=self._epoch_changed, per_node=self._cluster)
@@ -174,7 +172,8 @@ class RedisStore:
     def _epoch(self, key: str) -> int:
         """The epoch of the node that holds `key` (one node unless on a Cluster)."""
         client = self.client
-        if isinstance(client, RedisCluster):
+        if self._cluster:
+            assert isinstance(client, RedisCluster)
             try:
                 node = client.get_node_from_key(key)
             except Exception:  # no topology yet: the latest epoch read
@@ -190,8 +189,8 @@ class RedisStore:
         self._started = True
         try:
             async with asyncio.timeout(max(self.deadline * 20, 2.0)):
-                if self._unready:
-                    await self._initialize_cluster()
+                if self._calls.unready:
+                    await self._calls.initialize()
                 await asyncio.gather(*(self.client.ping() for _ in range(self.warm_connections)))
         except Exception as error:
             logger.warning("Redis not reachable at start (%s)", type(error).__name__)
@@ -266,22 +265,8 @@ class RedisStore:
                 metrics.store_failures.labels(operation, "rejected").inc()
             raise StoreUnavailable(f"{operation}: circuit breaker open")
         started = time.perf_counter()
-        # The call runs in its own task, and the request waits for it at most `deadline`.
-        # Past it, the call is left to finish in the background (bounded by the socket
-        # timeouts) instead of being cancelled: it reads its own late reply, so the connection
-        # goes back to the pool clean, and a connection it was opening is ready for the next
-        # request instead of thrown away (under load, a handshake can take longer than one
-        # deadline). A Cluster's topology refresh runs there too, never on a request.
-        loop = asyncio.get_running_loop()
-        task = loop.create_task(self._run(call))
         try:
-            await _within(loop, task, deadline)
-            if not task.done():
-                self._abandoned.add(task)
-                task.add_done_callback(self._abandoned.discard)
-                task.add_done_callback(_forget)
-                raise TimeoutError
-            result = task.result()
+            result = await self._calls.run(call, deadline)  # see `cachegate.store.calls`
         except TimeoutError as error:
             self._failed(operation, "timeout", feeds_breaker)
             raise StoreTimeout(f"{operation}: no answer within {deadline:.3f}s") from error
@@ -296,7 +281,6 @@ class RedisStore:
             self._failed(operation, "error", feeds_breaker)
             raise StoreError(f"{operation}: {type(error).__name__}") from error
         except BaseException:
-            task.cancel()
             self.breaker.failure()
             raise
         self.breaker.success()
@@ -308,20 +292,6 @@ class RedisStore:
                 duration = self._durations[operation] = metrics.store_duration.labels(operation)
             duration.observe(time.perf_counter() - started)
         return result
-
-    async def _run(self, call: Callable[[], Awaitable[T]]) -> T:
-        if self._unready:
-            await self._initialize_cluster()
-        return await call()
-
-    async def _initialize_cluster(self) -> None:
-        """Discover a Cluster's topology once, before the first command: redis-py 8.1 drops
-        connections under concurrent first commands when it initialises lazily."""
-        async with self._ready_lock:
-            if self._unready:
-                assert isinstance(self.client, RedisCluster)
-                await self.client.initialize()
-                self._unready = False
 
     def _failed(self, operation: str, kind: str, feeds_breaker: bool = True) -> None:
         if feeds_breaker:
@@ -461,36 +431,8 @@ class RedisStore:
         if self._probing is not None:
             self._probing.cancel()
             self._probing = None
-        for task in list(self._abandoned):
-            task.cancel()
-        await asyncio.gather(*self._abandoned, return_exceptions=True)
+        await self._calls.aclose()
         await self.client.aclose()
-
-
-async def _within(
-    loop: asyncio.AbstractEventLoop, task: asyncio.Task[Any], deadline: float
-) -> None:
-    """Wait until `task` is done or `deadline` seconds passed, whichever comes first (lighter
-    than `asyncio.wait`: one future, one timer)."""
-    waiter = loop.create_future()
-
-    def wake(_: object = None) -> None:
-        if not waiter.done():
-            waiter.set_result(None)
-
-    task.add_done_callback(wake)
-    timer = loop.call_later(deadline, wake)
-    try:
-        await waiter
-    finally:
-        timer.cancel()
-        task.remove_done_callback(wake)
-
-
-def _forget(task: asyncio.Future[Any]) -> None:
-    """Retrieve an abandoned call's outcome, so it is never reported as unretrieved."""
-    if not task.cancelled():
-        task.exception()
 
 
 def _failed_incr(results: Sequence[Any], index: int) -> bool:

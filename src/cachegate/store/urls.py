@@ -15,11 +15,13 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl, unquote
 
-from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel
 from redis.backoff import NoBackoff
+
+from cachegate.store.pool import BoundedConnectionPool
 
 SENTINEL_SCHEME = "redis+sentinel"
 SENTINEL_PORT = 26379
@@ -107,9 +109,10 @@ def connect(
 ) -> Redis | RedisCluster:
     """A redis-py asyncio client for `url` with retries off (`Redis` or `RedisCluster`).
 
-    A single node gets a blocking pool of `max_connections`: past it, a call waits for a free
-    connection (bounded by the store's deadline) instead of failing with `MaxConnectionsError`,
-    which under a burst of concurrent requests would open the breaker for nothing.
+    A single node gets a `BoundedConnectionPool` of `max_connections`: past it, a call waits for
+    a free connection (bounded by the store's deadline) instead of failing with
+    `MaxConnectionsError`, which under a burst of concurrent requests would open the breaker for
+    nothing.
     """
     options: dict[str, Any] = {
         "retry": Retry(NoBackoff(), 0),
@@ -140,8 +143,8 @@ def connect(
         return master
     if cluster:
         return RedisCluster.from_url(url, **options)
-    pool = BlockingConnectionPool.from_url(
-        url, max_connections=max_connections, timeout=None, health_check_interval=0, **options
+    pool = BoundedConnectionPool.from_url(
+        url, max_connections=max_connections, health_check_interval=0, **options
     )
     client = Redis(connection_pool=pool)
     client.auto_close_connection_pool = True

@@ -1,0 +1,80 @@
+"""`BoundedConnectionPool`: redis-py's asyncio pool, bounded, with a checkout that costs a list pop.
+
+Past `max_connections` a checkout waits for a release (instead of `MaxConnectionsError`, which
+under a burst of concurrent requests would open the breaker for nothing), as redis-py's
+`BlockingConnectionPool` does; but neither a checkout that finds a free connection nor a release
+suspends: no lock, no condition, no timeout context. A release that cannot suspend also cannot
+be interrupted: a call cancelled at its deadline while releasing its connection would otherwise
+leave it checked out for good. redis-py's connection observability and release events are not
+dispatched (CacheGate uses neither).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from typing import Any
+
+from redis.asyncio import ConnectionPool
+from redis.asyncio.connection import AbstractConnection
+
+
+class BoundedConnectionPool(ConnectionPool):
+    """A `ConnectionPool` of at most `max_connections`; a checkout past it waits its turn."""
+
+    def __init__(self, max_connections: int = 64, **kwargs: Any) -> None:
+        if max_connections < 1:
+            raise ValueError("max_connections must be at least 1")
+        super().__init__(max_connections=max_connections, **kwargs)
+        self._turns: deque[asyncio.Future[None]] = deque()
+
+    def next_ready(self) -> bool:
+        """Whether a checkout now gets an open connection without waiting or connecting."""
+        available = self._available_connections
+        return bool(available) and available[-1].is_connected
+
+    async def get_connection(
+        self, command_name: str | None = None, *keys: Any, **options: Any
+    ) -> AbstractConnection:
+        """An open connection: a free one, a new one under the bound, or the next released."""
+        while not self._available_connections and (
+            len(self._in_use_connections) >= self.max_connections
+        ):
+            await self._wait_turn()
+        connection: AbstractConnection = self.get_available_connection()  # type: ignore[no-untyped-call]
+        try:
+            if connection.should_reconnect():  # type: ignore[no-untyped-call]
+                await connection.disconnect()
+            if not connection.is_connected or await connection.can_read():
+                await self.ensure_connection(connection)  # connects; a dirty one is reopened
+        except BaseException:
+            self._give_back(connection)
+            raise
+        return connection
+
+    async def release(self, connection: AbstractConnection) -> None:
+        """Put `connection` back and wake the first waiting checkout; never suspends."""
+        self._give_back(connection)
+
+    async def _wait_turn(self) -> None:
+        turn = asyncio.get_running_loop().create_future()
+        self._turns.append(turn)
+        try:
+            await turn
+        except BaseException:
+            if not turn.cancelled():
+                self._wake()  # woken, then cancelled: the turn goes to the next one
+            raise
+
+    def _give_back(self, connection: AbstractConnection) -> None:
+        self._in_use_connections.discard(connection)
+        self._available_connections.append(connection)
+        self._wake()
+
+    def _wake(self) -> None:
+        """Wake the first checkout still waiting (a cancelled one is skipped)."""
+        while self._turns:
+            turn = self._turns.popleft()
+            if not turn.done():
+                turn.set_result(None)
+                return
