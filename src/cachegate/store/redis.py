@@ -22,14 +22,12 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
 from prometheus_client import Histogram
-from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
-from redis.exceptions import OutOfMemoryError, ReadOnlyError, ResponseError
 
 from cachegate.breaker import BreakerState, CircuitBreaker
 from cachegate.metrics import Metrics
+from cachegate.store import commands
 from cachegate.store.base import (
-    MISSING_GENERATION,
     Lookup,
     StoreError,
     StoreTimeout,
@@ -38,32 +36,15 @@ from cachegate.store.base import (
     random_generation,
 )
 from cachegate.store.calls import CallRunner
+from cachegate.store.commands import RedisClient, generation, refused
 from cachegate.store.epoch import ServerEpochs
 from cachegate.store.urls import connect
 
 T = TypeVar("T")
-RedisClient = Redis | RedisCluster
 
 logger = logging.getLogger("cachegate.store")
 
 WRITE_OPERATIONS = frozenset({"generations", "write", "bump", "set_many", "probe"})
-_REFUSALS = ("OOM", "READONLY", "MISCONF", "NOREPLICAS", "NOWRITE")
-"""Error replies of a Redis that answers but takes no write."""
-
-
-def _generation(raw: object) -> int:
-    """A stored generation as an int; anything unreadable counts as missing (lost)."""
-    try:
-        return int(raw) if isinstance(raw, bytes | str | int) else MISSING_GENERATION
-    except ValueError:
-        return MISSING_GENERATION
-
-
-def _refused(error: BaseException) -> bool:
-    """Whether `error` is Redis refusing a write (as opposed to failing or timing out)."""
-    if isinstance(error, OutOfMemoryError | ReadOnlyError):  # redis-py drops their prefix
-        return True
-    return isinstance(error, ResponseError) and str(error).startswith(_REFUSALS)
 
 
 class RedisStore:
@@ -271,7 +252,7 @@ class RedisStore:
             self._failed(operation, "timeout", feeds_breaker)
             raise StoreTimeout(f"{operation}: no answer within {deadline:.3f}s") from error
         except Exception as error:  # redis-py can fail with more than RedisError: fail open
-            if _refused(error):
+            if refused(error):
                 # Redis answers, so the breaker stays closed; but it took no write
                 self.breaker.success()
                 self._set_writes_refused(True)
@@ -312,26 +293,21 @@ class RedisStore:
         entry = values[0]
         return Lookup(
             entry if isinstance(entry, bytes) else None,
-            tuple(_generation(value) for value in values[1:]),
+            tuple(generation(value) for value in values[1:]),
             self._epoch(key),
         )
 
     async def generations(self, generation_keys: Sequence[str]) -> tuple[int, ...]:
         """Create missing generations at a random start and read all, in one round trip."""
-
-        async def call() -> list[Any]:
-            pipe = self.client.pipeline(transaction=False)
-            ttl = max(1, round(self.generation_ttl))
-            for key in generation_keys:
-                pipe.set(key, random_generation(), nx=True, ex=ttl)
-            for key in generation_keys:  # GETs, not MGET: a cluster pipeline refuses MGET
-                pipe.get(key)
-            return await pipe.execute()
-
         if not generation_keys:
             return ()
-        results = await self._call("generations", call, deadline=self.deadline)
-        generations = [_generation(value) for value in results[-len(generation_keys) :]]
+        ttl = max(1, round(self.generation_ttl))
+        results = await self._call(
+            "generations",
+            lambda: commands.create_and_read(self.client, generation_keys, ttl),
+            deadline=self.deadline,
+        )
+        generations = [generation(value) for value in results[-len(generation_keys) :]]
         lost = [key for key, g in zip(generation_keys, generations, strict=True) if not g]
         if lost:  # not an integer: lost, so it restarts at a random value
             restarted = await self._restart(lost, self.deadline)
@@ -344,15 +320,10 @@ class RedisStore:
         """Overwrite unreadable generations with new random ones (as if lost): their old
         entries can never match again, and nothing keeps the garbage alive."""
         values = {key: random_generation() for key in keys}
-
-        async def call() -> list[Any]:
-            pipe = self.client.pipeline(transaction=False)
-            ttl = max(1, round(self.generation_ttl))
-            for key, value in values.items():
-                pipe.set(key, value, ex=ttl)
-            return await pipe.execute()
-
-        await self._call("generations", call, deadline=deadline)
+        ttl = max(1, round(self.generation_ttl))
+        await self._call(
+            "generations", lambda: commands.overwrite(self.client, values, ttl), deadline=deadline
+        )
         return values
 
     async def write(self, key: str, value: bytes, ttl: float) -> None:
@@ -374,25 +345,23 @@ class RedisStore:
         that is not an integer cannot be incremented: it is overwritten at a new random value,
         which invalidates as surely (a refused write still fails the bump).
         """
-
-        async def call() -> list[Any]:
-            pipe = self.client.pipeline(transaction=False)
-            ttl = max(1, round(self.generation_ttl))
-            for key in generation_keys:
-                pipe.set(key, random_generation(), nx=True, ex=ttl)
-                pipe.incr(key)
-                pipe.expire(key, ttl)
-            return await pipe.execute(raise_on_error=False)
-
-        results = await self._call("bump", call, deadline=self.invalidation_deadline, guarded=False)
+        ttl = max(1, round(self.generation_ttl))
+        results = await self._call(
+            "bump",
+            lambda: commands.bump(self.client, generation_keys, ttl),
+            deadline=self.invalidation_deadline,
+            guarded=False,
+        )
         errors = [result for result in results if isinstance(result, Exception)]
-        if any(_refused(error) for error in errors):
+        if any(refused(error) for error in errors):
             self._set_writes_refused(True)
             if self.metrics is not None:
                 self.metrics.store_failures.labels("bump", "refused").inc()
             raise StoreWritesRefused("bump: refused")
         if errors:
-            unreadable = [k for i, k in enumerate(generation_keys) if _failed_incr(results, i)]
+            unreadable = [
+                k for i, k in enumerate(generation_keys) if commands.failed_incr(results, i)
+            ]
             if not unreadable:
                 raise StoreError(f"bump: {type(errors[0]).__name__}")
             await self._restart(unreadable, self.invalidation_deadline)
@@ -401,29 +370,19 @@ class RedisStore:
         """MGET in order; on a Cluster split by slot and reassembled in order."""
         if not keys:
             return []
-        client = self.client
-        if isinstance(client, RedisCluster):
-            values = await self._call(
-                "get_many", lambda: client.mget_nonatomic(list(keys)), deadline=self.deadline
-            )
-        else:
-            values = await self._call(
-                "get_many", lambda: client.mget(list(keys)), deadline=self.deadline
-            )
+        values = await self._call(
+            "get_many", lambda: commands.get_many(self.client, keys), deadline=self.deadline
+        )
         return [value if isinstance(value, bytes) else None for value in values]
 
     async def set_many(self, items: Sequence[tuple[str, bytes]], ttl: float) -> None:
         """SET each key with one absolute TTL, in one pipeline."""
         if not items:
             return
-
-        async def call() -> list[Any]:
-            pipe = self.client.pipeline(transaction=False)
-            for key, value in items:
-                pipe.set(key, value, px=max(int(ttl * 1000), 1))
-            return await pipe.execute()
-
-        await self._call("set_many", call, deadline=self.deadline)
+        px = max(int(ttl * 1000), 1)
+        await self._call(
+            "set_many", lambda: commands.set_many(self.client, items, px), deadline=self.deadline
+        )
 
     async def aclose(self) -> None:
         """Stop the probe; close the client and its connections."""
@@ -433,9 +392,3 @@ class RedisStore:
             self._probing = None
         await self._calls.aclose()
         await self.client.aclose()
-
-
-def _failed_incr(results: Sequence[Any], index: int) -> bool:
-    """Whether the INCR of the `index`-th key of a bump pipeline failed (SET NX, INCR, EXPIRE
-    per key): its value is not an integer."""
-    return isinstance(results[index * 3 + 1], Exception)

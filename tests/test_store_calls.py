@@ -1,0 +1,138 @@
+"""A store call cut by its deadline (or cancelled) on a private redis-server this module pauses
+(SIGSTOP): its connection is closed, never reused with a reply pending, and the bounded pool
+loses none of its connections."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import pytest
+import redis.asyncio
+from support.redis_server import RedisServer
+
+from cachegate.breaker import CircuitBreaker
+from cachegate.store import RedisStore, StoreTimeout
+from cachegate.store.pool import BoundedConnectionPool
+
+pytestmark = [pytest.mark.anyio, pytest.mark.slow]
+
+
+@pytest.fixture
+def server(spawned_redis: RedisServer) -> RedisServer:
+    admin = spawned_redis.client()
+    try:
+        admin.set("a", b"A")
+        admin.set("b", b"B")
+    finally:
+        admin.close()
+    return spawned_redis
+
+
+@pytest.fixture
+async def store(server: RedisServer) -> AsyncIterator[RedisStore]:
+    """One connection, so a connection left dirty would be the next call's; no write probe."""
+    store = RedisStore.from_url(
+        server.url,
+        deadline=0.05,
+        max_connections=1,
+        probe_interval=3600,
+        breaker=CircuitBreaker(failure_threshold=1000),
+    )
+    yield store
+    server.resume()
+    await store.aclose()
+
+
+def pool_of(store: RedisStore) -> BoundedConnectionPool:
+    assert isinstance(store.client, redis.asyncio.Redis)
+    pool = store.client.connection_pool
+    assert isinstance(pool, BoundedConnectionPool)
+    return pool
+
+
+def store_connections(server: RedisServer) -> int:
+    """Clients connected to the server, but for the one asking."""
+    admin = server.client()
+    try:
+        return int(admin.info("clients")["connected_clients"]) - 1
+    finally:
+        admin.close()
+
+
+async def test_a_call_past_its_deadline_leaves_no_connection_that_answers_another_command(
+    server: RedisServer, store: RedisStore
+) -> None:
+    assert await store.get_many(["a"]) == [b"A"]
+    pool = pool_of(store)
+    assert pool.next_ready()  # so the next call runs in this task, under a cancelling timer
+    server.pause()
+    with pytest.raises(StoreTimeout):
+        await store.get_many(["a"])  # its GET is on the wire; the reply comes after resume
+    assert not pool.next_ready()  # its connection was closed, not put back with a reply pending
+    server.resume()
+    for key, value in (("b", b"B"), ("a", b"A"), ("b", b"B")):
+        assert await store.get_many([key]) == [value]
+
+
+async def test_a_cancelled_call_is_not_a_timeout_and_closes_its_connection(
+    server: RedisServer, store: RedisStore
+) -> None:
+    store.deadline = 30.0
+    assert await store.get_many(["a"]) == [b"A"]
+    server.pause()
+    call = asyncio.create_task(store.get_many(["a"]))
+    await asyncio.sleep(0.1)  # the GET is sent; its reply waits for the resume
+    call.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await call
+    assert not pool_of(store).next_ready()
+    server.resume()
+    assert await store.get_many(["b"]) == [b"B"]
+
+
+async def test_calls_cut_by_their_deadline_give_every_connection_back(
+    server: RedisServer,
+) -> None:
+    store = RedisStore.from_url(
+        server.url,
+        deadline=0.05,
+        max_connections=3,
+        probe_interval=3600,
+        breaker=CircuitBreaker(failure_threshold=1000),
+    )
+    try:
+        await asyncio.gather(*(store.get_many(["a"]) for _ in range(10)))
+        server.pause()
+        for _ in range(3):  # on open connections, then on ones being opened, then waiting
+            results = await asyncio.gather(
+                *(store.get_many(["a"]) for _ in range(6)), return_exceptions=True
+            )
+            assert all(isinstance(result, StoreTimeout) for result in results)
+        server.resume()
+        store.deadline = 30.0  # the calls abandoned while paused finish first
+        for _ in range(3):
+            values = await asyncio.gather(*(store.get_many(["b"]) for _ in range(20)))
+            assert values == [[b"B"]] * 20
+        assert store_connections(server) <= 3
+        assert len(pool_of(store)._in_use_connections) == 0
+    finally:
+        server.resume()
+        await store.aclose()
+
+
+async def test_a_checkout_woken_then_cancelled_passes_its_turn_on(server: RedisServer) -> None:
+    pool = BoundedConnectionPool.from_url(server.url, max_connections=1)
+    try:
+        held = await pool.get_connection()
+        first = asyncio.create_task(pool.get_connection())
+        second = asyncio.create_task(pool.get_connection())
+        await asyncio.sleep(0)  # both wait for a turn
+        assert not first.done() and not second.done()
+        await pool.release(held)  # wakes the first...
+        first.cancel()  # ...which is cancelled before it runs
+        async with asyncio.timeout(10):  # a lost turn would wait forever
+            assert await second is held
+        assert first.cancelled()
+    finally:
+        await pool.aclose()
