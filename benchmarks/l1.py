@@ -161,8 +161,14 @@ async def in_process(redis_url: str, namespace: str, *, quick: bool) -> InProces
 
 
 async def store_costs(redis_url: str, namespace: str, *, quick: bool) -> dict[str, Samples]:
-    """Where a Redis hit's store time goes: the floor's GET against CacheGate's lookup."""
+    """Where a Redis hit's store time goes: the floor's GET against CacheGate's lookup.
+
+    "each call in its own task" is the store as it was before issue #15: a client whose pool is
+    not `BoundedConnectionPool` (here redis-py's `BlockingConnectionPool`, the pool it had) runs
+    every call in a task of its own, as every call did then."""
     import redis.asyncio
+    from redis.asyncio.retry import Retry
+    from redis.backoff import NoBackoff
 
     from cachegate.metrics import default_metrics
     from cachegate.store import RedisStore
@@ -176,6 +182,21 @@ async def store_costs(redis_url: str, namespace: str, *, quick: bool) -> dict[st
     bare_store = RedisStore.from_url(redis_url, deadline=1.0)
     metered = RedisStore.from_url(redis_url, deadline=1.0)
     metered.metrics = default_metrics()
+    tasked = RedisStore(
+        redis.asyncio.Redis(
+            connection_pool=redis.asyncio.BlockingConnectionPool.from_url(
+                redis_url,
+                max_connections=64,
+                timeout=None,
+                health_check_interval=0,
+                retry=Retry(NoBackoff(), 0),
+                socket_connect_timeout=1.0,
+                socket_timeout=1.0,
+            )
+        ),
+        deadline=1.0,
+        metrics=default_metrics(),
+    )
     keys = [entry, *generations]
 
     async def get() -> None:
@@ -194,6 +215,9 @@ async def store_costs(redis_url: str, namespace: str, *, quick: bool) -> dict[st
     async def lookup_metered() -> None:
         await metered.lookup(entry, generations)
 
+    async def lookup_tasked() -> None:
+        await tasked.lookup(entry, generations)
+
     try:
         return await time_async(
             {
@@ -202,6 +226,7 @@ async def store_costs(redis_url: str, namespace: str, *, quick: bool) -> dict[st
                 "raw MGET inside asyncio.timeout": mget_deadline,
                 "RedisStore.lookup, no metrics": lookup_plain,
                 "RedisStore.lookup, with metrics (as in the gate)": lookup_metered,
+                "RedisStore.lookup, each call in its own task (before #15)": lookup_tasked,
             },
             warmup=200,
             iterations=2_000 if quick else 10_000,
@@ -210,6 +235,7 @@ async def store_costs(redis_url: str, namespace: str, *, quick: bool) -> dict[st
     finally:
         await bare_store.aclose()
         await metered.aclose()
+        await tasked.aclose()
         await client.aclose()
 
 
