@@ -29,16 +29,21 @@ def server(spawned_redis: RedisServer) -> RedisServer:
     return spawned_redis
 
 
-@pytest.fixture
-async def store(server: RedisServer) -> AsyncIterator[RedisStore]:
-    """One connection, so a connection left dirty would be the next call's; no write probe."""
-    store = RedisStore.from_url(
+def quiet_store(server: RedisServer, connections: int) -> RedisStore:
+    """A 50 ms deadline, no write probe, a breaker that stays closed."""
+    return RedisStore.from_url(
         server.url,
         deadline=0.05,
-        max_connections=1,
+        max_connections=connections,
         probe_interval=3600,
         breaker=CircuitBreaker(failure_threshold=1000),
     )
+
+
+@pytest.fixture
+async def store(server: RedisServer) -> AsyncIterator[RedisStore]:
+    """One connection, so a connection left dirty would be the next call's."""
+    store = quiet_store(server, 1)
     yield store
     server.resume()
     await store.aclose()
@@ -94,13 +99,7 @@ async def test_a_cancelled_call_is_not_a_timeout_and_closes_its_connection(
 async def test_calls_cut_by_their_deadline_give_every_connection_back(
     server: RedisServer,
 ) -> None:
-    store = RedisStore.from_url(
-        server.url,
-        deadline=0.05,
-        max_connections=3,
-        probe_interval=3600,
-        breaker=CircuitBreaker(failure_threshold=1000),
-    )
+    store = quiet_store(server, 3)
     try:
         await asyncio.gather(*(store.get_many(["a"]) for _ in range(10)))
         server.pause()

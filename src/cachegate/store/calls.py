@@ -105,13 +105,14 @@ async def _cancelled_at(awaitable: Awaitable[T], deadline: float) -> T:
     timer = task.get_loop().call_later(deadline, expiry)
     try:
         result = await awaitable
-    except asyncio.CancelledError:
-        if expiry.fired and task.uncancel() == 0:
+    except BaseException as error:
+        # the timer's cancellation is taken back; what remains is someone else's
+        if expiry.fired and task.uncancel() == 0 and isinstance(error, asyncio.CancelledError):
             raise TimeoutError from None
         raise
     finally:
         timer.cancel()
-    if expiry.fired:  # cancelled, and the call swallowed it: this task owes no cancellation
+    if expiry.fired:  # cancelled, and the call swallowed it
         task.uncancel()
     return result
 
