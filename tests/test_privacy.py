@@ -25,7 +25,7 @@ from support.components import missing
 from support.redis_server import RedisServer, redis_server_binary, running_redis
 from support.spans import recording_spans
 
-from cachegate import CacheGate, Decision, Metrics, Mode
+from cachegate import CacheGate, Decision, Limits, Metrics, Mode
 from cachegate.demo.app import create_app, policies, write_rules
 from cachegate.store import RedisStore, Store
 from cachegate.store.encrypted import EncryptedStore
@@ -188,7 +188,7 @@ async def _run(
         rollout=ByTenant(serve, shadow),
         namespace=namespace,
         metrics=Metrics(registry=registry),
-        noise_sample_rate=1.0,
+        limits=Limits(noise_sample_rate=1.0),
     )
     app = create_app(gate, latency=0.0, registry=registry)
     transport = httpx.ASGITransport(app=app)
@@ -319,7 +319,7 @@ async def test_request_and_entry_size_caps(server: RedisServer) -> None:
             store=store,
             namespace=namespace,
             metrics=Metrics(registry=CollectorRegistry()),
-            **limits,
+            limits=Limits(**limits),
         )
 
     small_body = gate(max_body_bytes=512, max_header_bytes=1024)

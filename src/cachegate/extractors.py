@@ -17,12 +17,13 @@ from typing import Any, ClassVar
 from urllib.parse import parse_qsl
 
 from cachegate.types import Headers
+from cachegate.vocabulary import BypassReason
 
 
 class BadRequest(Exception):
     """The request cannot be keyed; it passes through uncached with `reason` counted."""
 
-    def __init__(self, reason: str) -> None:
+    def __init__(self, reason: BypassReason) -> None:
         super().__init__(reason)
         self.reason = reason
 
@@ -36,7 +37,7 @@ class Ambiguous(BadRequest):
     """
 
     def __init__(self, values: Sequence[str]) -> None:
-        super().__init__("ambiguous_value")
+        super().__init__(BypassReason.AMBIGUOUS_VALUE)
         self.values = tuple(values)
 
 
@@ -119,15 +120,15 @@ class RequestView:
         """
         if self._json is self._UNPARSED:
             if not _json_content_type(self.header("content-type")):
-                raise BadRequest("not_json")
+                raise BadRequest(BypassReason.NOT_JSON)
             try:
                 text = self.body.decode("utf-8")
             except UnicodeDecodeError as error:
-                raise BadRequest("invalid_utf8") from error
+                raise BadRequest(BypassReason.INVALID_UTF8) from error
             try:
                 self._json = json.loads(text)
             except (ValueError, RecursionError) as error:
-                raise BadRequest("invalid_json") from error
+                raise BadRequest(BypassReason.INVALID_JSON) from error
         return self._json
 
 
@@ -199,7 +200,7 @@ class _BodyField(ClientValue):
     def __call__(self, request: RequestView) -> object:
         document = request.json()
         if not isinstance(document, dict):
-            raise BadRequest("body_not_object")
+            raise BadRequest(BypassReason.BODY_NOT_OBJECT)
         return field_at(document, self._parts)
 
 
@@ -239,7 +240,7 @@ def authenticated(attribute: str) -> Extractor:
 
     def extract(request: RequestView) -> object:
         if "user" not in request.scope:
-            raise BadRequest("no_authentication")
+            raise BadRequest(BypassReason.NO_AUTHENTICATION)
         user = request.scope["user"]
         if not getattr(user, "is_authenticated", False):
             return None
@@ -259,7 +260,7 @@ def field_at(document: object, parts: Sequence[str]) -> object:
         if value is None:
             return None
         if not isinstance(value, dict):
-            raise BadRequest("body_not_object")
+            raise BadRequest(BypassReason.BODY_NOT_OBJECT)
         value = value.get(part)
     return value
 
@@ -279,7 +280,7 @@ def as_int(extractor: Extractor) -> Extractor:
             return str(value)
         if isinstance(value, str) and _INTEGER.fullmatch(value):
             return str(int(value))
-        raise BadRequest("invalid_value")
+        raise BadRequest(BypassReason.INVALID_VALUE)
 
     return extract
 
@@ -296,5 +297,5 @@ def scope_text(value: object) -> str | None:
     if isinstance(value, str):
         if value:
             return value
-        raise BadRequest("empty_value")
-    raise BadRequest("invalid_value")
+        raise BadRequest(BypassReason.EMPTY_VALUE)
+    raise BadRequest(BypassReason.INVALID_VALUE)

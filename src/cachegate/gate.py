@@ -10,6 +10,7 @@ from typing import Any
 from cachegate.comparators import MismatchLog
 from cachegate.invalidation import Invalidator
 from cachegate.keys import CacheScope, KeySpace
+from cachegate.limits import Limits
 from cachegate.metrics import Metrics, RouteMetrics, default_metrics
 from cachegate.policy import Policy, Router, WriteRule
 from cachegate.results import ResultCache
@@ -21,16 +22,14 @@ from cachegate.store.memory import MemoryStore
 from cachegate.store.redis import RedisStore
 from cachegate.tee import LiveStream, LiveStreams
 
+DEFAULT_LIMITS = Limits()
+
 
 class CacheGate:
     """Everything one cache needs, passed in; sane defaults for the rest.
 
-    `store` defaults to a `MemoryStore`, `rollout` to serving for every tenant. Limits:
-    request bodies over `max_body_bytes`, header blocks over `max_header_bytes` and entries
-    over `max_entry_bytes` are never cached. Waiters on an identical computation give up after
-    `single_flight_wait` seconds and compute on their own. Background verification runs at most
-    `verify_concurrency` re-computations at once, each within `verify_timeout`; in shadow mode
-    `noise_sample_rate` of requests to re-run-safe routes are computed twice to measure noise.
+    `store` defaults to a `MemoryStore`, `rollout` to serving for every tenant, `limits` to
+    `Limits()` (sizes, waits and background work).
     `namespace` is the prefix of every store key (not the metrics' namespace: that is
     `Metrics(namespace=...)`); `key_secret` (at least 16 bytes, the same in every process; an
     `EncryptedStore` brings its own) makes every digest in a store key an HMAC.
@@ -46,21 +45,11 @@ class CacheGate:
         namespace: str = "cachegate",
         key_secret: bytes | None = None,
         metrics: Metrics | None = None,
-        max_body_bytes: int = 1024 * 1024,
-        max_header_bytes: int = 16 * 1024,
-        max_entry_bytes: int = 1024 * 1024,
-        single_flight_wait: float = 5.0,
-        verify_concurrency: int = 4,
-        verify_timeout: float = 10.0,
-        noise_sample_rate: float = 0.01,
+        limits: Limits = DEFAULT_LIMITS,
         sample: Callable[[], float] = random.random,
     ) -> None:
         policies = list(policies)
         write_rules = list(write_rules)
-        if min(max_body_bytes, max_header_bytes, max_entry_bytes) <= 0:
-            raise ValueError("size limits must be positive")
-        if not 0.0 <= noise_sample_rate <= 1.0:
-            raise ValueError("noise_sample_rate must be between 0 and 1")
         self.store: Store = store if store is not None else MemoryStore()
         self.keyspace = KeySpace(namespace, digest_secret_of(self.store, key_secret))
         self.metrics = metrics if metrics is not None else default_metrics()
@@ -68,19 +57,13 @@ class CacheGate:
         self.router = Router([*policies, *write_rules])
         self.rollout: Rollout = rollout if rollout is not None else StaticRollout()
         self.results = ResultCache(
-            self.store, self.keyspace, metrics=self.metrics, max_entry_bytes=max_entry_bytes
+            self.store, self.keyspace, metrics=self.metrics, max_entry_bytes=limits.max_entry_bytes
         )
         self.invalidator = Invalidator(self.store, self.keyspace, metrics=self.metrics)
         self.flights: SingleFlight[Entry | LiveStream] = SingleFlight()
         self.live_streams = LiveStreams()
         self.mismatches = MismatchLog()
-        self.max_body_bytes = max_body_bytes
-        self.max_header_bytes = max_header_bytes
-        self.max_entry_bytes = max_entry_bytes
-        self.single_flight_wait = single_flight_wait
-        self.verify_concurrency = verify_concurrency
-        self.verify_timeout = verify_timeout
-        self.noise_sample_rate = noise_sample_rate
+        self.limits = limits
         self.sample = sample
         self._background: set[asyncio.Task[None]] = set()
         self.metrics.initialise_routes(
@@ -109,7 +92,7 @@ class CacheGate:
 
     def background(self, work: Coroutine[Any, Any, None]) -> bool:
         """Run re-computation work in the background if a slot is free; False if skipped."""
-        if len(self._background) >= self.verify_concurrency:
+        if len(self._background) >= self.limits.verify_concurrency:
             work.close()
             return False
         task = asyncio.get_running_loop().create_task(self._bounded(work))
@@ -121,7 +104,7 @@ class CacheGate:
 
     async def _bounded(self, work: Coroutine[Any, Any, None]) -> None:
         try:
-            async with asyncio.timeout(self.verify_timeout):
+            async with asyncio.timeout(self.limits.verify_timeout):
                 await work
         except Exception:
             return

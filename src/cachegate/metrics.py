@@ -22,7 +22,7 @@ from prometheus_client.multiprocess import MultiProcessCollector
 
 from cachegate.comparators import Outcome
 from cachegate.rollout import Mode
-from cachegate.vocabulary import BypassReason, CachePath, ComparisonKind, Layer
+from cachegate.vocabulary import BypassReason, CachePath, ComparisonKind, Layer, UncacheableReason
 
 LAYERS = tuple(layer.value for layer in Layer)
 """Values of `cache_layer`: L1 result cache and L2 embedding cache, as in the original service."""
@@ -54,20 +54,7 @@ ROLLOUT_FLAGS = (
     "cachegate.l2.shadow",
 )
 """The flags whose rollout must be sticky on the tenant (`flag_stickiness_overrides`)."""
-UNCACHEABLE_REASONS = (
-    "status",
-    "set_cookie",
-    "cache_control",
-    "streamed",
-    "too_large",
-    "vary",
-    "error",
-    "stream_disconnected",
-    "stream_error",
-    "stream_incomplete",
-    "stream_unterminated",
-    "stream_too_large",
-)
+UNCACHEABLE_REASONS = tuple(reason.value for reason in UncacheableReason)
 STREAM_HIT_SOURCES = ("store", "tee")
 """Where a streamed hit came from: sent from the store, or shared live from a leader."""
 STREAM_SERVED = ("hit", "tee", "fresh")
@@ -422,8 +409,8 @@ class RouteMetrics:
         }
         self._bypasses = {reason: metrics.bypasses.labels(reason) for reason in BYPASS_REASONS}
 
-    def bypass(self, reason: str) -> None:
-        """Count one bypass (a reason outside the known set gets its own series)."""
+    def bypass(self, reason: BypassReason) -> None:
+        """Count one bypass."""
         child = self._bypasses.get(reason)
         if child is None:
             child = self._bypasses[reason] = self.metrics.bypasses.labels(reason)

@@ -40,7 +40,7 @@ from cachegate.singleflight import Flight
 from cachegate.store.codec import Entry, StreamEntry
 from cachegate.tee import LeaderFailed, LiveStream, Publisher, Resume, StreamDiverged
 from cachegate.types import ASGIApp, Message, Receive, Scope, Send
-from cachegate.vocabulary import ComparisonKind, Layer
+from cachegate.vocabulary import BypassReason, ComparisonKind, Layer, UncacheableReason
 from cachegate.writes import WriteResponder
 
 SHADOW, VERIFY, NOISE = ComparisonKind.SHADOW, ComparisonKind.VERIFY, ComparisonKind.NOISE
@@ -87,15 +87,15 @@ class CacheGateMiddleware:
         return lifespan_receive
 
 
-async def _refusal(guard: Guard, request: RequestView) -> str | None:
+async def _refusal(guard: Guard, request: RequestView) -> BypassReason | None:
     """Why the policy's guard refuses the request (the app decides), or None if it passes."""
     try:
         verdict = guard(request)
         if inspect.isawaitable(verdict):
             verdict = await verdict
     except Exception:
-        return "guard_error"
-    return None if verdict is True else "guard_refused"
+        return BypassReason.GUARD_ERROR
+    return None if verdict is True else BypassReason.GUARD_REFUSED
 
 
 class CacheResponder:
@@ -116,13 +116,13 @@ class CacheResponder:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         self.started = time.perf_counter()
         try:
-            body = await read_body(receive, self.gate.max_body_bytes)
+            body = await read_body(receive, self.gate.limits.max_body_bytes)
             again = body.receive_again(receive)
             admitted = await self._admit(scope, body)
             _remember(scope, self.decision)
             tokens = enter_decision(self.decision, self.tenant)
             try:
-                if isinstance(admitted, str):
+                if isinstance(admitted, BypassReason):
                     self.counts.bypass(admitted)
                     await self.app(scope, again, add_header(send, b"bypass"))
                 elif self.decision.l1 is Mode.SERVE:
@@ -134,7 +134,7 @@ class CacheResponder:
         finally:
             self.counts.duration[self.path].observe(time.perf_counter() - self.started)
 
-    async def _admit(self, scope: Scope, body: RequestBody) -> RequestFacts | str:
+    async def _admit(self, scope: Scope, body: RequestBody) -> RequestFacts | BypassReason:
         """The request's facts, or the reason it bypasses (the app answers as it would).
 
         Sets the tenant and the decision as soon as they are known, so a bypass after them
@@ -142,24 +142,24 @@ class CacheResponder:
         """
         gate, policy = self.gate, self.policy
         if not body.complete:
-            return "body_too_large" if body.too_large else "disconnected"
+            return BypassReason.BODY_TOO_LARGE if body.too_large else BypassReason.DISCONNECTED
         headers = scope.get("headers", [])
-        if sum(len(name) + len(value) for name, value in headers) > gate.max_header_bytes:
-            return "headers_too_large"
+        if sum(len(name) + len(value) for name, value in headers) > gate.limits.max_header_bytes:
+            return BypassReason.HEADERS_TOO_LARGE
         request = RequestView.of(scope, self.match.path_params, body.body)
         try:
             tenant = gate.results.tenant(policy, request)
         except BadRequest as error:
             return error.reason
         if tenant is None:
-            return "no_tenant"
+            return BypassReason.NO_TENANT
         self.tenant = tenant
         self.decision = decision = gate.rollout.decide(tenant)
         self.counts.decided(decision.l1, decision.l2)
         if decision.l1 is Mode.OFF:
-            return "mode_off"
+            return BypassReason.MODE_OFF
         if policy.honor_request_no_cache and request_refuses_cache(headers):
-            return "request_no_cache"
+            return BypassReason.REQUEST_NO_CACHE
         if policy.guard is not None:
             refused = await _refusal(policy.guard, request)
             if refused is not None:
@@ -169,7 +169,7 @@ class CacheResponder:
         except BadRequest as error:
             return error.reason
         if gate.invalidator.is_pending(facts.scope):
-            return "invalidation_pending"
+            return BypassReason.INVALIDATION_PENDING
         return facts
 
     async def _lookup(self, facts: RequestFacts, mode: Mode) -> Found:
@@ -198,7 +198,9 @@ class CacheResponder:
             except BaseException as error:
                 recorder.finish(error)
                 if recorder.streaming:
-                    self.gate.metrics.uncacheable.labels(recorder.reason or "stream_error").inc()
+                    self.gate.metrics.uncacheable.labels(
+                        recorder.reason or UncacheableReason.STREAM_ERROR
+                    ).inc()
                     self._observe_first_byte("fresh", True)
                 raise
             recorder.finish()
@@ -208,7 +210,7 @@ class CacheResponder:
     def _recorder(self, send: Send | None, **options: Any) -> ResponseRecorder:
         """A recorder of a fresh answer under this policy's limits and stream options."""
         return ResponseRecorder(
-            send, max_bytes=self.gate.max_entry_bytes, streams=self.policy.streams, **options
+            send, max_bytes=self.gate.limits.max_entry_bytes, streams=self.policy.streams, **options
         )
 
     def _timed(self, send: Send) -> Send:
@@ -231,7 +233,7 @@ class CacheResponder:
         self, facts: RequestFacts, generations: tuple[int, ...], recorder: ResponseRecorder
     ) -> Entry | None:
         if not recorder.storable:
-            self.gate.metrics.uncacheable.labels(recorder.reason or "error").inc()
+            self.gate.metrics.uncacheable.labels(recorder.reason or UncacheableReason.ERROR).inc()
             return None
         with tracing.tracer.start_as_current_span("cachegate.store_write") as span:
             span.set_attributes({tracing.LAYER: Layer.RESULT, tracing.ROUTE: self.policy.route})
@@ -259,7 +261,7 @@ class CacheResponder:
             return await self._hit(found, facts, decision, scope, body, send)
         generations = await gate.results.start_generations(found, facts)
         if generations is None:
-            self.counts.bypass("store_error")
+            self.counts.bypass(BypassReason.STORE_ERROR)
             await self._without_store(facts, scope, receive, send)
             return
         flight = facts.key + ":" + ",".join(map(str, generations))
@@ -267,10 +269,10 @@ class CacheResponder:
         if live is not None:
             gate.metrics.single_flight.labels("shared").inc()
             return await self._follow(live, facts, generations, scope, receive, send)
-        leading = gate.flights.lead(flight, gate.single_flight_wait)
+        leading = gate.flights.lead(flight, gate.limits.single_flight_wait)
         if leading is None:
             try:
-                shared = await gate.flights.wait(flight, gate.single_flight_wait)
+                shared = await gate.flights.wait(flight, gate.limits.single_flight_wait)
             except TimeoutError:
                 shared, outcome = None, "timeout"
             else:
@@ -304,7 +306,7 @@ class CacheResponder:
         flight, leads = gate.flights.follow(facts.key)
         if not leads:
             try:
-                shared = await gate.flights.join(flight, 2 * gate.single_flight_wait)
+                shared = await gate.flights.join(flight, 2 * gate.limits.single_flight_wait)
             except TimeoutError:
                 shared, outcome = None, "timeout"
             else:
@@ -317,8 +319,8 @@ class CacheResponder:
             return
         entry = None
         try:
-            await gate.flights.start(flight, gate.single_flight_wait)
-            recorder = ResponseRecorder(send, max_bytes=gate.max_entry_bytes, header=_bypass)
+            await gate.flights.start(flight, gate.limits.single_flight_wait)
+            recorder = ResponseRecorder(send, max_bytes=gate.limits.max_entry_bytes, header=_bypass)
             await self._fresh(scope, receive, recorder)
             if recorder.storable:
                 headers = storable_headers(recorder.headers)
@@ -363,7 +365,7 @@ class CacheResponder:
             return None
         gate = self.gate
         live = gate.live_streams.open(
-            flight.key, status, list(storable_headers(headers)), gate.max_entry_bytes
+            flight.key, status, list(storable_headers(headers)), gate.limits.max_entry_bytes
         )
         if live is not None:
             gate.flights.finish(flight, live)
@@ -473,7 +475,11 @@ class CacheResponder:
             await self._compare(SHADOW, cached, recorder, facts, found.generations)
         if generations is not None:
             await self._fill(facts, generations, recorder)
-        if self.policy.rerun_safe and recorder.storable and gate.sample() < gate.noise_sample_rate:
+        if (
+            self.policy.rerun_safe
+            and recorder.storable
+            and gate.sample() < gate.limits.noise_sample_rate
+        ):
             fresh = answer_content(recorder.body, recorder.headers)
             gate.background(self._noise(fresh, scope, body))
 

@@ -16,7 +16,7 @@ from cachegate.store.codec import (
     encode_entry,
     encode_stream_entry,
 )
-from cachegate.vocabulary import Layer
+from cachegate.vocabulary import BypassReason, Layer, UncacheableReason
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,7 +82,7 @@ class ResultCache:
             )
         except (TypeError, ValueError, RecursionError) as error:
             # deeply nested JSON parses, but normalising or encoding it can recurse too deep
-            raise BadRequest("extractor_error") from error
+            raise BadRequest(BypassReason.EXTRACTOR_ERROR) from error
         return RequestFacts(policy, scope, key, self.keyspace.generation_keys(scope))
 
     async def lookup(self, facts: RequestFacts) -> Found:
@@ -143,7 +143,9 @@ class ResultCache:
         entry = Entry(status, headers, body, generations)
         data = encode_stream_entry(StreamEntry(entry, chunks)) if chunks else encode_entry(entry)
         if len(data) > self.max_entry_bytes:
-            self.metrics.uncacheable.labels("stream_too_large" if chunks else "too_large").inc()
+            self.metrics.uncacheable.labels(
+                UncacheableReason.STREAM_TOO_LARGE if chunks else UncacheableReason.TOO_LARGE
+            ).inc()
             return None
         self.metrics.entry_size.labels(Layer.RESULT).observe(len(data))
         try:
@@ -178,4 +180,4 @@ def _extract(extractor: Extractor, request: RequestView) -> object:
     except BadRequest:
         raise
     except Exception as error:
-        raise BadRequest("extractor_error") from error
+        raise BadRequest(BypassReason.EXTRACTOR_ERROR) from error
