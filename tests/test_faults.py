@@ -37,7 +37,6 @@ from cachegate import (
     trusted_header,
 )
 from cachegate.breaker import BreakerState
-from cachegate.policy import RequestView
 from cachegate.store import RedisStore
 from cachegate.store.codec import decode_entry
 
@@ -216,17 +215,12 @@ async def test_slow_and_black_holed_redis_costs_at_most_the_deadline(
 
 def facts_for(h: Harness, tenant: str, query: str) -> tuple[str, tuple[str, ...]]:
     """The entry key and generation keys the middleware computes for a load request."""
-    request = RequestView(
-        method="POST",
-        path="/ai/query",
-        path_params={},
+    facts = h.gate.keys_for(
+        "POST",
+        "/ai/query",
         headers=[(TENANT_HEADER.lower().encode(), tenant.encode())],
-        query_string=b"",
         body=json.dumps({"query": query, "client_id": "c1"}).encode(),
     )
-    match = h.gate.router.match("POST", "/ai/query")
-    assert match is not None
-    facts = h.gate.results.facts(match.rule, request, tenant)  # type: ignore[arg-type]
     return facts.key, tuple(facts.generation_keys)
 
 

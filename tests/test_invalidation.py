@@ -16,7 +16,7 @@ from support.apps import TENANT_HEADER, Harness
 from support.asgi import Message, drive
 from support.model import Model
 
-from cachegate import CacheScope, Limits, RequestView
+from cachegate import CacheScope, Limits
 from cachegate.results import RequestFacts
 from cachegate.singleflight import Flight, SingleFlight
 from cachegate.store import MemoryStore, Store
@@ -48,16 +48,8 @@ def entry_key(h: Harness, tenant: str = "t1", client: str | None = "c1", query: 
     body: dict[str, object] = {"query": query}
     if client is not None:
         body["client_id"] = client
-    request = RequestView(
-        method="POST",
-        path="/ai/query",
-        path_params={},
-        headers=[(TENANT_HEADER.lower().encode(), tenant.encode())],
-        query_string=b"",
-        body=json.dumps(body).encode(),
-    )
-    policy = h.gate.router.match("POST", "/ai/query").rule  # type: ignore[union-attr]
-    return h.gate.results.facts(policy, request, tenant)  # type: ignore[arg-type]
+    headers = [(TENANT_HEADER.lower().encode(), tenant.encode())]
+    return h.gate.keys_for("POST", "/ai/query", headers=headers, body=json.dumps(body).encode())
 
 
 async def warm(h: Harness, *scopes: tuple[str, str | None]) -> None:

@@ -22,7 +22,6 @@ from cachegate import (
     Metrics,
     Normalization,
     Policy,
-    RequestView,
     body_field,
     trusted_header,
 )
@@ -316,15 +315,10 @@ def policy_key(normalization: Normalization | None, **body: object) -> str:
         metrics = Metrics(registry=CollectorRegistry())
         _GATES[normalization] = (policy, CacheGate(policies=[policy], metrics=metrics))
     policy, gate = _GATES[normalization]
-    request = RequestView(
-        method="POST",
-        path="/ai/query",
-        path_params={},
-        headers=[(b"x-tenant", b"t1")],
-        query_string=b"",
-        body=json.dumps(body).encode(),
+    facts = gate.keys_for(
+        "POST", "/ai/query", headers=[(b"x-tenant", b"t1")], body=json.dumps(body).encode()
     )
-    return gate.results.facts(policy, request, "t1").key
+    return facts.key
 
 
 def test_exact_is_the_default() -> None:

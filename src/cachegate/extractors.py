@@ -10,6 +10,7 @@ guessed at (`BadRequest`, counted by reason).
 
 from __future__ import annotations
 
+import inspect
 import json
 import re
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -147,12 +148,25 @@ Guard = Callable[[RequestView], "bool | Awaitable[bool]"]
 """Whether the app would accept the request as it is (auth, validation); False means bypass."""
 
 
+async def guard_refusal(guard: Guard, request: RequestView) -> BypassReason | None:
+    """Why a policy's guard refuses the request (the app decides), or None if it passes:
+    anything but `True`, or an exception, refuses."""
+    try:
+        verdict = guard(request)
+        if inspect.isawaitable(verdict):
+            verdict = await verdict
+    except Exception:
+        return BypassReason.GUARD_ERROR
+    return None if verdict is True else BypassReason.GUARD_REFUSED
+
+
 class ClientValue:
     """An extractor of a value the client chooses (a header, query or path parameter, a body
     field). Fine as key material or subject; as a tenant only with a `Policy.guard`."""
 
     __slots__ = ("name",)
     helper: ClassVar[str] = ""
+    reads_body: ClassVar[bool] = False
     """The name of the function that makes it, for messages."""
 
     def __init__(self, name: str) -> None:
@@ -192,6 +206,7 @@ class _PathParam(ClientValue):
 class _BodyField(ClientValue):
     __slots__ = ("_parts",)
     helper = "body_field"
+    reads_body = True
 
     def __init__(self, name: str) -> None:
         super().__init__(name)
@@ -228,25 +243,49 @@ def body_field(path: str) -> Extractor:
     return _BodyField(path)
 
 
+class _TrustedHeader:
+    __slots__ = ("name",)
+    reads_body: ClassVar[bool] = False
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __call__(self, request: RequestView) -> str | None:
+        return request.header(self.name)
+
+
+class _Authenticated:
+    __slots__ = ("attribute",)
+    reads_body: ClassVar[bool] = False
+
+    def __init__(self, attribute: str) -> None:
+        self.attribute = attribute
+
+    def __call__(self, request: RequestView) -> object:
+        if "user" not in request.scope:
+            raise BadRequest(BypassReason.NO_AUTHENTICATION)
+        user = request.scope["user"]
+        if not getattr(user, "is_authenticated", False):
+            return None
+        return getattr(user, self.attribute)
+
+
 def trusted_header(name: str) -> Extractor:
     """A header a trusted proxy in front of the app sets, overwriting what the client sent."""
-    return lambda request: request.header(name)
+    return _TrustedHeader(name)
 
 
 def authenticated(attribute: str) -> Extractor:
     """An attribute of the verified user (`scope["user"]`, set by Starlette's
     `AuthenticationMiddleware` placed *outside* CacheGate). An unauthenticated request has no
     value (it bypasses); a request with no authentication middleware before it bypasses too."""
+    return _Authenticated(attribute)
 
-    def extract(request: RequestView) -> object:
-        if "user" not in request.scope:
-            raise BadRequest(BypassReason.NO_AUTHENTICATION)
-        user = request.scope["user"]
-        if not getattr(user, "is_authenticated", False):
-            return None
-        return getattr(user, attribute)
 
-    return extract
+def reads_body(extractor: Extractor) -> bool:
+    """Whether `extractor` may read the request body. Only the helpers that never do say no,
+    so a request whose layer is off is passed on without its body being read first."""
+    return bool(getattr(extractor, "reads_body", True))
 
 
 def field_at(document: object, parts: Sequence[str]) -> object:
@@ -272,8 +311,18 @@ def as_int(extractor: Extractor) -> Extractor:
     """A coercion for an integer id (a FastAPI `client_id: int`): JSON `1` and `"01"` are one
     value, `"1"`. Anything else with a value (`"1.0"`, `true`, `" 1"`) bypasses."""
 
-    def extract(request: RequestView) -> object:
-        value = extractor(request)
+    return _AsInt(extractor)
+
+
+class _AsInt:
+    __slots__ = ("extractor", "reads_body")
+
+    def __init__(self, extractor: Extractor) -> None:
+        self.extractor = extractor
+        self.reads_body = reads_body(extractor)
+
+    def __call__(self, request: RequestView) -> object:
+        value = self.extractor(request)
         if value is None:
             return None
         if isinstance(value, int) and not isinstance(value, bool):
@@ -281,8 +330,6 @@ def as_int(extractor: Extractor) -> Extractor:
         if isinstance(value, str) and _INTEGER.fullmatch(value):
             return str(int(value))
         raise BadRequest(BypassReason.INVALID_VALUE)
-
-    return extract
 
 
 def scope_text(value: object) -> str | None:

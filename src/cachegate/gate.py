@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import Callable, Coroutine, Iterable
+from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
 from typing import Any
 
 from cachegate.comparators import MismatchLog
+from cachegate.extractors import RequestView
 from cachegate.invalidation import Invalidator
+from cachegate.keying import Keying, RequestFacts
 from cachegate.keys import CacheScope, KeySpace
 from cachegate.limits import Limits
 from cachegate.metrics import Metrics, RouteMetrics, default_metrics
@@ -56,8 +58,9 @@ class CacheGate:
         self._attach_metrics(self.store)
         self.router = Router([*policies, *write_rules])
         self.rollout: Rollout = rollout if rollout is not None else StaticRollout()
+        self.keying = Keying(self.keyspace)
         self.results = ResultCache(
-            self.store, self.keyspace, metrics=self.metrics, max_entry_bytes=limits.max_entry_bytes
+            self.store, metrics=self.metrics, max_entry_bytes=limits.max_entry_bytes
         )
         self.invalidator = Invalidator(self.store, self.keyspace, metrics=self.metrics)
         self.flights: SingleFlight[Entry | LiveStream] = SingleFlight()
@@ -83,6 +86,35 @@ class CacheGate:
         if hasattr(store, "on_reject") and store.on_reject is None:
             counter = self.metrics.encrypted_rejected
             store.on_reject = lambda reason: counter.labels(reason).inc()
+
+    def keys_for(
+        self,
+        method: str,
+        path: str,
+        *,
+        headers: Sequence[tuple[bytes, bytes]] = (),
+        query_string: bytes = b"",
+        body: bytes = b"",
+        scope: Mapping[str, Any] | None = None,
+    ) -> RequestFacts:
+        """Which keys a request maps to, as the middleware computes them: its cache scope, its
+        entry key and its generation keys. `scope` is the ASGI scope an authentication
+        middleware filled (`authenticated` reads its `user`). `LookupError` when no policy
+        matches; `BadRequest`, with the bypass reason, when the request would bypass for what
+        it says (rollout, guard and pending invalidations aside)."""
+        match = self.router.match(method.upper(), path)
+        if match is None or not isinstance(match.rule, Policy):
+            raise LookupError(f"no policy for {method} {path}")
+        request = RequestView(
+            method=method.upper(),
+            path=path,
+            path_params=match.path_params,
+            headers=list(headers),
+            query_string=query_string,
+            body=body,
+            scope=scope,
+        )
+        return self.keying.request(match.rule, request)
 
     async def invalidate(
         self, tenant: str, subject: str | None = None, *, reason: str = "api"
