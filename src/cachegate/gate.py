@@ -8,6 +8,7 @@ from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
 from typing import Any
 
 from cachegate.comparators import MismatchLog
+from cachegate.experiment import Experiments
 from cachegate.extractors import RequestView
 from cachegate.invalidation import Invalidator
 from cachegate.keying import Keying, RequestFacts
@@ -23,6 +24,7 @@ from cachegate.store.codec import Entry
 from cachegate.store.memory import MemoryStore
 from cachegate.store.redis import RedisStore
 from cachegate.tee import LiveStream, LiveStreams
+from cachegate.types import ASGIApp, Message, Receive
 
 DEFAULT_LIMITS = Limits()
 
@@ -122,6 +124,14 @@ class CacheGate:
         """Invalidate a tenant's (or one subject's) cached answers; False if kept pending."""
         return await self.invalidator.invalidate(CacheScope(tenant, subject), reason)
 
+    def count_shared(self, outcome: str) -> None:
+        """Count how a wait for an identical computation ended (`shared`, `timeout`, ...)."""
+        self.metrics.single_flight.labels(outcome).inc()
+
+    def experiments(self, app: ASGIApp, policy: Policy) -> Experiments:
+        """The shadow, verify and noise runs of `policy`'s route on `app`."""
+        return Experiments(app, policy, self.results, self.mismatches, self.limits.max_entry_bytes)
+
     def background(self, work: Coroutine[Any, Any, None]) -> bool:
         """Run re-computation work in the background if a slot is free; False if skipped."""
         if len(self._background) >= self.limits.verify_concurrency:
@@ -145,6 +155,20 @@ class CacheGate:
         """Wait for background work to finish (tests, shutdown)."""
         while self._background:
             await asyncio.gather(*self._background, return_exceptions=True)
+
+    def lifespan(self, receive: Receive) -> Receive:
+        """Wrap an ASGI lifespan `receive`: `start` at startup and `shutdown` at shutdown,
+        before the app sees either message."""
+
+        async def lifespan_receive() -> Message:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                await self.start()
+            elif message["type"] == "lifespan.shutdown":
+                await self.shutdown()
+            return message
+
+        return lifespan_receive
 
     async def start(self) -> None:
         """Prepare the store before the first request (the middleware calls it at lifespan

@@ -1,5 +1,6 @@
 """`CacheGateMiddleware`: the pure-ASGI entry. It routes, admits and orchestrates; the cache
-logic lives in `keying`, `results`, `experiment`, `writes`, `singleflight` and the store.
+logic lives in `keying`, `results`, `fresh`, `experiment`, `writes`, `singleflight` and the
+store.
 
 Routes without a policy or write rule go to the app untouched. A matched request is admitted
 (tenant, rollout decision, then its body and keys) or bypasses with one reason; the response
@@ -10,36 +11,28 @@ store failure falls back to the fresh path.
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable
-from typing import Any, TypeVar
 
-from cachegate import tracing
 from cachegate.body import RequestBody, read_body
-from cachegate.experiment import Experiments
 from cachegate.extractors import BadRequest, RequestView, guard_refusal, reads_body
+from cachegate.fresh import Computation
 from cachegate.gate import CacheGate
 from cachegate.keying import RequestFacts
 from cachegate.policy import Match, Policy
 from cachegate.responses import (
-    ResponseRecorder,
     add_header,
     answer_content,
-    refusal,
     request_refuses_cache,
     send_entry,
     send_stream,
-    storable_headers,
 )
 from cachegate.results import Found
 from cachegate.rollout import OFF, Mode, enter_decision, exit_decision
-from cachegate.singleflight import Flight
+from cachegate.singleflight import Flight, waited
 from cachegate.store.codec import Entry, StreamEntry
-from cachegate.tee import LeaderFailed, LiveStream, Publisher, Resume, StreamDiverged
-from cachegate.types import ASGIApp, Headers, Message, Receive, Scope, Send
-from cachegate.vocabulary import BypassReason, CachePath, Layer, UncacheableReason
+from cachegate.tee import LeaderFailed, LiveStream, Resume, StreamDiverged
+from cachegate.types import ASGIApp, Receive, Scope, Send
+from cachegate.vocabulary import BypassReason, CachePath, Layer
 from cachegate.writes import WriteResponder
-
-T = TypeVar("T")
 
 STATE_KEY = "cachegate"
 """The decision is at `request.state.cachegate` (and in `cachegate.current_decision()`)."""
@@ -56,7 +49,7 @@ class CacheGateMiddleware:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             if scope["type"] == "lifespan":
-                receive = self._lifespan(receive)
+                receive = self.gate.lifespan(receive)
             await self.app(scope, receive, send)
             return
         match = self._match(scope["method"], scope["path"])
@@ -67,20 +60,6 @@ class CacheGateMiddleware:
             await CacheResponder(self.app, self.gate, match.rule, match)(scope, receive, send)
         else:
             await WriteResponder(self.app, self.gate, match.rule, match)(scope, receive, send)
-
-    def _lifespan(self, receive: Receive) -> Receive:
-        """Start the gate (warm the store) at startup and retry pending invalidations at
-        shutdown, before the app sees either message."""
-
-        async def lifespan_receive() -> Message:
-            message = await receive()
-            if message["type"] == "lifespan.startup":
-                await self.gate.start()
-            elif message["type"] == "lifespan.shutdown":
-                await self.gate.shutdown()
-            return message
-
-        return lifespan_receive
 
 
 class CacheResponder:
@@ -102,7 +81,7 @@ class CacheResponder:
         self.receive: Receive
         self.send: Send
         self.started = 0.0
-        self.first_byte: float | None = None
+        self.computation: Computation | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         self.started = time.perf_counter()
@@ -180,15 +159,15 @@ class CacheResponder:
         generations = await gate.results.start_generations(found, facts)
         if generations is None:
             self.counts.bypass(BypassReason.STORE_ERROR)
-            return await self._without_store(facts)
+            return await self._computation().without_store(facts.key, self.send)
         flight = facts.key + ":" + ",".join(map(str, generations))
         live = gate.live_streams.get(flight)
         if live is not None:
-            gate.metrics.single_flight.labels("shared").inc()
+            gate.count_shared("shared")
             return await self._follow(live, facts, generations)
         leading = gate.flights.lead(flight, wait)
         if leading is None:
-            shared = await self._shared(gate.flights.wait(flight, wait))
+            shared = await waited(gate.flights.wait(flight, wait), gate.count_shared)
             if isinstance(shared, LiveStream):
                 return await self._follow(shared, facts, generations)
             if shared is not None:
@@ -205,31 +184,23 @@ class CacheResponder:
         finally:
             gate.flights.finish(leading, entry)
 
-    async def _shared(self, waiting: Awaitable[T]) -> T | None:
-        """Wait for an identical computation's result (None: compute on our own)."""
-        try:
-            shared = await waiting
-        except TimeoutError:
-            shared, outcome = None, "timeout"
-        else:
-            outcome = "not_shared" if shared is None else "shared"
-        self.gate.metrics.single_flight.labels(outcome).inc()
-        return shared
-
     async def _hit(self, found: Found, facts: RequestFacts) -> None:
         entry, streams = found.entry, self.policy.streams
         assert entry is not None
         self.path = CachePath.HIT
         self._served_from_cache()
         if found.chunks and streams is not None:
+            computation = self._computation()
             pieces = StreamEntry(entry, found.chunks).pieces()
-            await send_stream(self._timed(), *_response(entry)[:2], pieces, b"hit", streams)
+            timed = computation.timed(self.send)
+            await send_stream(timed, entry.status, entry.headers, pieces, b"hit", streams)
             self.gate.metrics.stream_hits.labels("store").inc()
-            self._observe_first_byte("hit", True)
+            computation.observe_first_byte("hit", True)
         else:
             await send_entry(self.send, *_response(entry), b"hit")
         if self.decision.verify and self.policy.rerun_safe and self.body is not None:
-            self.gate.background(self._experiments().verify(entry, facts, self.scope, self.body))
+            verify = self.gate.experiments(self.app, self.policy).verify
+            self.gate.background(verify(entry, facts, self.scope, self.body))
 
     async def _miss(
         self,
@@ -240,13 +211,14 @@ class CacheResponder:
     ) -> Entry | None:
         """Compute fresh and store; a leader (`flight`) shares a stream live while it lasts."""
         self.path = CachePath.MISS
-        send = self._timed(send)
+        computation = self._computation()
+        send = computation.timed(send)
         publisher = None
         if flight is not None and self.policy.streams is not None:
-            send = publisher = Publisher(send, lambda status, head: self._tee(flight, status, head))
-        recorder = self._recorder(send, header=_miss)
+            send = publisher = computation.publisher(send, flight)
+        recorder = computation.recorder(send, header=b"miss")
         try:
-            await self._fresh(recorder)
+            await computation.run(recorder)
             if publisher is not None and publisher.stream is not None:
                 publisher.stream.close(recorder.storable)
             return await self.gate.results.store_answer(facts, generations, recorder)
@@ -255,114 +227,15 @@ class CacheResponder:
                 publisher.stream.fail()
                 self.gate.live_streams.remove(flight.key, publisher.stream)
 
-    async def _without_store(self, facts: RequestFacts) -> None:
-        """The store gave no generations: serve fresh, nothing stored, yet one computation
-        for identical requests in this process: one that starts after they arrived, so it
-        never predates a write their clients saw."""
-        gate, wait = self.gate, self.limits.single_flight_wait
-        flight, leads = gate.flights.follow(facts.key)
-        if not leads:
-            shared = await self._shared(gate.flights.join(flight, 2 * wait))
-            if isinstance(shared, Entry):
-                await send_entry(self.send, *_response(shared), b"bypass")
-            else:
-                await self.app(self.scope, self.receive, add_header(self.send, b"bypass"))
-            return
-        entry = None
-        try:
-            await gate.flights.start(flight, wait)
-            recorder = self._recorder(self.send, header=_bypass, streams=None)
-            await self._fresh(recorder)
-            if recorder.storable:
-                entry = Entry(
-                    recorder.status, storable_headers(recorder.headers), recorder.body, ()
-                )
-        finally:
-            gate.flights.finish(flight, entry)
-
-    async def _shadow(self, facts: RequestFacts) -> None:
-        """Look up, serve fresh, compare when there was an entry, store the fresh answer."""
-        gate = self.gate
-        self.path = CachePath.SHADOW
-        found = await gate.results.lookup(facts, Mode.SHADOW)
-        generations = await gate.results.start_generations(found, facts)
-        label = b"shadow-hit" if found.entry is not None else b"shadow-miss"
-        if found.generations is not None:
-            result = "hit" if found.entry is not None else "miss"
-            gate.metrics.shadow_lookups.labels(Layer.RESULT, result).inc()
-
-        async def header() -> bytes:
-            return label
-
-        recorder = self._recorder(self._timed(), header=header)
-        await self._fresh(recorder)
-        experiments = self._experiments()
-        if found.entry is not None and found.generations is not None:
-            await experiments.shadow(found.entry, recorder, facts, found.generations)
-        if generations is not None:
-            await gate.results.store_answer(facts, generations, recorder)
-        noisy = gate.sample() < self.limits.noise_sample_rate
-        if noisy and self.policy.rerun_safe and recorder.storable and self.body is not None:
-            fresh = answer_content(recorder.body, recorder.headers)
-            gate.background(experiments.noise(fresh, self.scope, self.body))
-
-    async def _fresh(self, recorder: ResponseRecorder) -> None:
-        """Run the app, recorded, in a `cachegate.fresh` span."""
-        attributes = {tracing.LAYER: Layer.RESULT, tracing.ROUTE: self.policy.route}
-        with tracing.around_app("cachegate.fresh", attributes) as span:
-            try:
-                await self.app(self.scope, recorder.watch(self.receive), recorder)
-            except BaseException as error:
-                recorder.finish(error)
-                if recorder.streaming:
-                    reason = recorder.reason or UncacheableReason.STREAM_ERROR
-                    self.gate.metrics.uncacheable.labels(reason).inc()
-                    self._observe_first_byte("fresh", True)
-                raise
-            recorder.finish()
-            span.set_attribute(tracing.OUTCOME, recorder.reason or "storable")
-        self._observe_first_byte("fresh", recorder.streaming)
-
-    def _recorder(self, send: Send, **options: Any) -> ResponseRecorder:
-        """A recorder of a fresh answer under this cache's entry limit and the route's streams."""
-        options.setdefault("streams", self.policy.streams)
-        return ResponseRecorder(send, max_bytes=self.limits.max_entry_bytes, **options)
-
-    def _experiments(self) -> Experiments:
-        gate = self.gate
-        return Experiments(
-            self.app, self.policy, gate.results, gate.mismatches, self.limits.max_entry_bytes
-        )
-
-    def _served_from_cache(self) -> None:
-        """Count a hit: one fresh computation, and its cost, avoided."""
-        self.counts.hits.inc()
-        self.counts.calls_avoided.inc()
-        if self.policy.cost_per_call:
-            self.counts.cost_avoided.inc(self.policy.cost_per_call)
-
-    def _tee(
-        self, flight: Flight[Entry | LiveStream], status: int, headers: Headers
-    ) -> LiveStream | None:
-        """Open the live stream of a leader's response, if it may be shared: only what may be
-        stored is (status 200, no cookie, no `private`...). Waiting followers join at once."""
-        if refusal(status, headers, streams=True) is not None:
-            return None
-        live = self.gate.live_streams.open(
-            flight.key, status, list(storable_headers(headers)), self.limits.max_entry_bytes
-        )
-        if live is not None:
-            self.gate.flights.finish(flight, live)
-        return live
-
     async def _follow(
         self, live: LiveStream, facts: RequestFacts, generations: tuple[int, ...]
     ) -> None:
         """Relay an identical request's live stream; if it fails, compute on our own."""
         followers = self.gate.metrics.stream_followers
+        computation = self._computation()
         self.path = CachePath.HIT
         try:
-            await live.follow(self._timed(), b"hit")
+            await live.follow(computation.timed(self.send), b"hit")
         except LeaderFailed as failed:
             followers.labels("fallback").inc()
             self.counts.misses.inc()
@@ -375,33 +248,46 @@ class CacheResponder:
         followers.labels("complete").inc()
         self._served_from_cache()
         self.gate.metrics.stream_hits.labels("tee").inc()
-        self._observe_first_byte("tee", True)
+        computation.observe_first_byte("tee", True)
 
-    def _timed(self, send: Send | None = None) -> Send:
-        """`send` (the client's by default), noting when the first body message goes out."""
-        inner = self.send if send is None else send
+    async def _shadow(self, facts: RequestFacts) -> None:
+        """Look up, serve fresh, compare when there was an entry, store the fresh answer."""
+        gate = self.gate
+        self.path = CachePath.SHADOW
+        found = await gate.results.lookup(facts, Mode.SHADOW)
+        generations = await gate.results.start_generations(found, facts)
+        label = b"shadow-hit" if found.entry is not None else b"shadow-miss"
+        if found.generations is not None:
+            result = "hit" if found.entry is not None else "miss"
+            gate.metrics.shadow_lookups.labels(Layer.RESULT, result).inc()
+        computation = self._computation()
+        recorder = computation.recorder(computation.timed(self.send), header=label)
+        await computation.run(recorder)
+        experiments = gate.experiments(self.app, self.policy)
+        if found.entry is not None and found.generations is not None:
+            await experiments.shadow(found.entry, recorder, facts, found.generations)
+        if generations is not None:
+            await gate.results.store_answer(facts, generations, recorder)
+        noisy = gate.sample() < self.limits.noise_sample_rate
+        if noisy and self.policy.rerun_safe and recorder.storable and self.body is not None:
+            fresh = answer_content(recorder.body, recorder.headers)
+            gate.background(experiments.noise(fresh, self.scope, self.body))
 
-        async def timed(message: Message) -> None:
-            if self.first_byte is None and message["type"] == "http.response.body":
-                self.first_byte = time.perf_counter()
-            await inner(message)
+    def _computation(self) -> Computation:
+        """This request's fresh computation (made once, when first needed)."""
+        if self.computation is None:
+            self.computation = Computation(
+                self.app, self.gate, self.policy, self.scope, self.receive, self.started
+            )
+        return self.computation
 
-        return timed
-
-    def _observe_first_byte(self, served: str, streamed: bool) -> None:
-        """Count a streamed answer's time to first byte (answers that did not stream do not)."""
-        if streamed and self.first_byte is not None:
-            elapsed = self.first_byte - self.started
-            self.gate.metrics.stream_first_byte.labels(served).observe(elapsed)
+    def _served_from_cache(self) -> None:
+        """Count a hit: one fresh computation, and its cost, avoided."""
+        self.counts.hits.inc()
+        self.counts.calls_avoided.inc()
+        if self.policy.cost_per_call:
+            self.counts.cost_avoided.inc(self.policy.cost_per_call)
 
 
 def _response(entry: Entry) -> tuple[int, tuple[tuple[bytes, bytes], ...], bytes]:
     return entry.status, entry.headers, entry.body
-
-
-async def _miss() -> bytes:
-    return b"miss"
-
-
-async def _bypass() -> bytes:
-    return b"bypass"

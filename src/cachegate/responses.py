@@ -125,7 +125,7 @@ class ResponseRecorder:
         send: Send | None,
         *,
         max_bytes: int,
-        header: Callable[[], Awaitable[bytes | None]] | None = None,
+        header: bytes | None = None,
         streams: Streams | None = None,
         clock: Callable[[], float] = time.perf_counter,
     ) -> None:
@@ -170,7 +170,7 @@ class ResponseRecorder:
 
     async def __call__(self, message: Message) -> None:
         if message["type"] == "http.response.start":
-            await self._start(message)
+            self._start(message)
         elif message["type"] == "http.response.body":
             self._body(message)
         if self._send is not None:
@@ -209,7 +209,7 @@ class ResponseRecorder:
         elif self._streams is not None and not self._streams.terminated(self.body):
             self._drop(UncacheableReason.STREAM_UNTERMINATED)
 
-    async def _start(self, message: Message) -> None:
+    def _start(self, message: Message) -> None:
         self.started = True
         self._began = self._clock()
         self.status = int(message["status"])
@@ -220,9 +220,7 @@ class ResponseRecorder:
         ):
             self._streaming = True
         if self._header is not None and self.reason is not UncacheableReason.STREAMED:
-            value = await self._header()
-            if value is not None:
-                message["headers"] = [*self.headers, (HEADER, value)]
+            message["headers"] = [*self.headers, (HEADER, self._header)]
 
     def _body(self, message: Message) -> None:
         more = bool(message.get("more_body", False))
