@@ -107,13 +107,11 @@ class CacheResponder:
         """The request's facts, or the one reason it bypasses (the app answers as it would).
 
         The tenant and decision come first and are kept as soon as known, so a bypass after
-        them still carries them to the app (the L2 embedder reads them). The body is read only
-        when an extractor needs it: not at all for a tenant whose layer is off.
+        them still carries them to the app (the L2 embedder reads them). A request whose layer
+        is off costs no more: its header block is not summed and its body not read (unless the
+        tenant is in the body); the body is read, capped, before anything else needs it.
         """
         gate, policy = self.gate, self.policy
-        headers = self.scope.get("headers", [])
-        if sum(len(name) + len(value) for name, value in headers) > self.limits.max_header_bytes:
-            return BypassReason.HEADERS_TOO_LARGE
         request = RequestView.of(self.scope, self.match.path_params, b"")
         if reads_body(policy.tenant) and (unread := await self._read_body(request)):
             return unread
@@ -128,6 +126,9 @@ class CacheResponder:
         self.counts.decided(decision.l1, decision.l2)
         if decision.l1 is Mode.OFF:
             return BypassReason.MODE_OFF
+        headers = request.headers
+        if sum(len(name) + len(value) for name, value in headers) > self.limits.max_header_bytes:
+            return BypassReason.HEADERS_TOO_LARGE
         if self.body is None and (unread := await self._read_body(request)):
             return unread
         if policy.honor_request_no_cache and request_refuses_cache(headers):
