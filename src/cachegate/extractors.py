@@ -83,16 +83,17 @@ class RequestView:
     def of(
         cls, scope: Mapping[str, Any], path_params: Mapping[str, str], body: bytes
     ) -> RequestView:
-        """The view of an ASGI HTTP request whose body has been read."""
-        return cls(
-            method=scope["method"],
-            path=scope["path"],
-            path_params=path_params,
-            headers=scope.get("headers", []),
-            query_string=scope.get("query_string", b""),
-            body=body,
-            scope=scope,
-        )
+        """The view of an ASGI HTTP request (with `body`, its body as read so far)."""
+        view = cls.__new__(cls)  # the middleware's path: no keyword parsing per request
+        view.method = scope["method"]
+        view.path = scope["path"]
+        view.path_params = path_params
+        view.headers = scope.get("headers", [])
+        view.query_string = scope.get("query_string", b"")
+        view.body = body
+        view.scope = scope
+        view._json = cls._UNPARSED
+        return view
 
     def header(self, name: str) -> str | None:
         """Header `name` (case-insensitive, Latin-1); `Ambiguous` if it occurs more than once."""
