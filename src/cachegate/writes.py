@@ -14,6 +14,7 @@ from cachegate.gate import CacheGate
 from cachegate.keys import CacheScope
 from cachegate.policy import Match, WriteRule
 from cachegate.types import ASGIApp, Message, Receive, Scope, Send
+from cachegate.vocabulary import BypassReason
 
 
 class WriteResponder:
@@ -37,7 +38,7 @@ class WriteResponder:
         request = RequestView.of(scope, self.match.path_params, body.body)
         tenants = _write_tenants(self.rule.tenant, request)
         if not tenants:
-            self.gate.metrics.bypasses.labels("no_tenant").inc()
+            self.gate.metrics.bypasses.labels(BypassReason.NO_TENANT).inc()
             await self.app(scope, body.receive_again(receive), send)
             return
         subject = None
