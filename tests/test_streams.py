@@ -104,7 +104,7 @@ def bodies(exchange: Exchange) -> list[tuple[bytes, bool]]:
 
 
 def sample(gate: CacheGate, name: str, **labels: str) -> float:
-    registry = gate.metrics._registry
+    registry = gate.metrics.registry
     assert registry is not None
     value = registry.get_sample_value(name, labels)
     return 0.0 if value is None else value
