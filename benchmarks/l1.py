@@ -164,7 +164,6 @@ async def store_costs(redis_url: str, namespace: str, *, quick: bool) -> dict[st
     """Where a Redis hit's store time goes: the floor's GET against CacheGate's lookup."""
     import redis.asyncio
 
-    from cachegate.metrics import default_metrics
     from cachegate.store import RedisStore
 
     client = redis.asyncio.Redis.from_url(redis_url)
@@ -173,9 +172,7 @@ async def store_costs(redis_url: str, namespace: str, *, quick: bool) -> dict[st
     await client.set(entry, apps.ANSWER_BYTES + b"x" * 64, ex=3600)
     for key in generations:
         await client.set(key, b"1234567890123456789", ex=3600)
-    bare_store = RedisStore.from_url(redis_url, deadline=1.0)
-    metered = RedisStore.from_url(redis_url, deadline=1.0)
-    metered.metrics = default_metrics()
+    metered = RedisStore.from_url(redis_url, deadline=1.0)  # counts into default_metrics()
     keys = [entry, *generations]
 
     async def get() -> None:
@@ -188,9 +185,6 @@ async def store_costs(redis_url: str, namespace: str, *, quick: bool) -> dict[st
         async with asyncio.timeout(1.0):
             await client.mget(keys)
 
-    async def lookup_plain() -> None:
-        await bare_store.lookup(entry, generations)
-
     async def lookup_metered() -> None:
         await metered.lookup(entry, generations)
 
@@ -200,7 +194,6 @@ async def store_costs(redis_url: str, namespace: str, *, quick: bool) -> dict[st
                 "raw GET of the entry (the floor's call)": get,
                 "raw MGET of entry + 2 generations": mget,
                 "raw MGET inside asyncio.timeout": mget_deadline,
-                "RedisStore.lookup, no metrics": lookup_plain,
                 "RedisStore.lookup, with metrics (as in the gate)": lookup_metered,
             },
             warmup=200,
@@ -208,7 +201,6 @@ async def store_costs(redis_url: str, namespace: str, *, quick: bool) -> dict[st
             rounds=4 if quick else 10,
         )
     finally:
-        await bare_store.aclose()
         await metered.aclose()
         await client.aclose()
 

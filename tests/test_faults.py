@@ -26,6 +26,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from support.apps import TENANT_HEADER, Harness
 from support.redis_server import RedisServer, free_port
+from support.stores import fresh_metrics
 from support.tcp_proxy import TcpProxy
 
 from cachegate import (
@@ -130,7 +131,9 @@ def assert_no_failures(results: list[Result]) -> None:
 
 
 def redis_harness(url: str, namespace: str) -> Harness:
-    store = RedisStore.from_url(url, deadline=DEADLINE, invalidation_deadline=0.2)
+    store = RedisStore.from_url(
+        url, deadline=DEADLINE, invalidation_deadline=0.2, metrics=fresh_metrics()
+    )
     store.breaker.cooldown = 0.3  # the default is 2 s; the behaviour is the same
     h = Harness(store=store, namespace=namespace)
     h.service.delay = FRESH
@@ -308,7 +311,7 @@ async def test_an_app_that_fails_is_never_cached_and_its_error_reaches_the_calle
 ) -> None:
     bare, _ = failing_app()
     cached, calls = failing_app()
-    store = RedisStore.from_url(server.url, deadline=DEADLINE)
+    store = RedisStore.from_url(server.url, deadline=DEADLINE, metrics=Metrics(registry=None))
     gate = CacheGate(
         policies=[
             Policy(
@@ -317,7 +320,6 @@ async def test_an_app_that_fails_is_never_cached_and_its_error_reaches_the_calle
         ],
         store=store,
         namespace=namespace,
-        metrics=Metrics(registry=None),
     )
     cached.add_middleware(CacheGateMiddleware, gate=gate)
     concurrent = 10

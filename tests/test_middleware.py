@@ -11,7 +11,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 from support.apps import FRAMEWORKS, TENANT_HEADER, Harness, query_policy
 from support.asgi import Exchange, Message, RecordingApp, drive, http_scope
-from support.stores import CountingStore
+from support.stores import CountingStore, metrics_for
 
 from cachegate import (
     CacheGate,
@@ -321,7 +321,7 @@ def recording_gate(namespace: str, **options: Any) -> CacheGate:
             )
         ],
         namespace=namespace,
-        metrics=options.pop("metrics", None) or Metrics(registry=CollectorRegistry()),
+        metrics=options.pop("metrics", None) or metrics_for(options.get("store")),
         **options,
     )
 
@@ -366,13 +366,12 @@ async def test_chunked_body_reaches_starlette_and_fastapi_endpoints(build: Build
 async def test_body_over_the_cap_bypasses_and_the_app_still_gets_all_of_it(
     store: Store, namespace: str
 ) -> None:
-    registry = CollectorRegistry()
+    metrics = metrics_for(store)
+    registry = metrics.registry
+    assert registry is not None
     app = RecordingApp()
     gate = recording_gate(
-        namespace,
-        store=store,
-        limits=Limits(max_body_bytes=100),
-        metrics=Metrics(registry=registry),
+        namespace, store=store, limits=Limits(max_body_bytes=100), metrics=metrics
     )
     body = json.dumps({"query": "q" * 500, "client_id": "c1"}).encode()
     chunks = [body[i : i + 37] for i in range(0, len(body), 37)]
@@ -629,7 +628,7 @@ async def test_the_decision_reaches_the_app(store: Store, namespace: str) -> Non
         store=store,
         namespace=namespace,
         rollout=StaticRollout(decision),
-        metrics=Metrics(registry=CollectorRegistry()),
+        metrics=metrics_for(store),
     )
     exchange: Exchange = await drive(
         CacheGateMiddleware(app, gate), path="/x", headers=[(b"x-tenant", b"t")]

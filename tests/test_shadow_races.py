@@ -12,12 +12,12 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
+from support.stores import metrics_for
 
 from cachegate import (
     CacheGate,
     CacheGateMiddleware,
     Decision,
-    Metrics,
     Mode,
     Policy,
     StaticRollout,
@@ -30,7 +30,9 @@ pytestmark = pytest.mark.anyio
 
 
 async def _run(store: Store, namespace: str, *, write_during_second: bool) -> CollectorRegistry:
-    registry = CollectorRegistry()
+    metrics = metrics_for(store)
+    registry = metrics.registry
+    assert registry is not None
     gate = CacheGate(
         policies=[
             Policy(
@@ -43,7 +45,7 @@ async def _run(store: Store, namespace: str, *, write_during_second: bool) -> Co
         store=store,
         namespace=namespace,
         rollout=StaticRollout(Decision(l1=Mode.SHADOW)),
-        metrics=Metrics(registry=registry),
+        metrics=metrics,
     )
     state = {"notes": "v1"}
 

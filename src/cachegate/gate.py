@@ -14,15 +14,14 @@ from cachegate.invalidation import Invalidator
 from cachegate.keying import Keying, RequestFacts
 from cachegate.keys import CacheScope, KeySpace
 from cachegate.limits import Limits
-from cachegate.metrics import Metrics, RouteMetrics, default_metrics
+from cachegate.metrics import Metrics, RouteMetrics
 from cachegate.policy import Policy, Router, WriteRule
 from cachegate.results import ResultCache
 from cachegate.rollout import Rollout, StaticRollout
 from cachegate.singleflight import SingleFlight
-from cachegate.store.base import Store, digest_secret_of
+from cachegate.store.base import Store, digest_secret_of, metrics_of
 from cachegate.store.codec import Entry
 from cachegate.store.memory import MemoryStore
-from cachegate.store.redis import RedisStore
 from cachegate.tee import LiveStream, LiveStreams
 from cachegate.types import ASGIApp, Message, Receive
 
@@ -36,7 +35,9 @@ class CacheGate:
     `Limits()` (sizes, waits and background work).
     `namespace` is the prefix of every store key (not the metrics' namespace: that is
     `Metrics(namespace=...)`); `key_secret` (at least 16 bytes, the same in every process; an
-    `EncryptedStore` brings its own) makes every digest in a store key an HMAC.
+    `EncryptedStore` brings its own) makes every digest in a store key an HMAC. `metrics`
+    defaults to the store's (a `RedisStore` or `EncryptedStore` is given its metrics when it is
+    built), else `default_metrics()`; metrics other than the store's raise `ValueError`.
     """
 
     def __init__(
@@ -56,8 +57,7 @@ class CacheGate:
         write_rules = list(write_rules)
         self.store: Store = store if store is not None else MemoryStore()
         self.keyspace = KeySpace(namespace, digest_secret_of(self.store, key_secret))
-        self.metrics = metrics if metrics is not None else default_metrics()
-        self._attach_metrics(self.store)
+        self.metrics = metrics_of(self.store, metrics)
         self.router = Router([*policies, *write_rules])
         self.rollout: Rollout = rollout if rollout is not None else StaticRollout()
         self.keying = Keying(self.keyspace)
@@ -77,17 +77,6 @@ class CacheGate:
         self.route_metrics = {
             policy.route: RouteMetrics(self.metrics, policy.route) for policy in policies
         }
-
-    def _attach_metrics(self, store: object) -> None:
-        """Give the store (and a store it wraps) this cache's metrics unless it has its own."""
-        if isinstance(store, RedisStore) and store.metrics is None:
-            store.metrics = self.metrics
-        inner = getattr(store, "inner", None)
-        if inner is not None:
-            self._attach_metrics(inner)
-        if hasattr(store, "on_reject") and store.on_reject is None:
-            counter = self.metrics.encrypted_rejected
-            store.on_reject = lambda reason: counter.labels(reason).inc()
 
     def keys_for(
         self,

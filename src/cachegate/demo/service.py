@@ -94,7 +94,7 @@ def build_demo(
     stages = _stages(config.stage, env, metrics)
     store: Store
     redis_url = env.get("REDIS_URL")
-    store = RedisStore.from_url(redis_url) if redis_url else MemoryStore()
+    store = RedisStore.from_url(redis_url, metrics=metrics) if redis_url else MemoryStore()
     secret = env.get("CACHEGATE_KEY_SECRET")
     gate = CacheGate(
         policies=policies(),
