@@ -15,7 +15,7 @@ from dataclasses import replace
 from typing import TextIO
 
 from cachegate.autopilot import report
-from cachegate.autopilot.controller import Action, Decision
+from cachegate.autopilot.decision import Action, Decision
 from cachegate.autopilot.layers import UnleashLayers
 from cachegate.autopilot.plan import Plan
 from cachegate.autopilot.prometheus import PrometheusReader

@@ -10,7 +10,7 @@ from collections.abc import Mapping, Sequence
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge
 
-from cachegate.autopilot.controller import Action, Decision
+from cachegate.autopilot.decision import Action, Decision
 from cachegate.autopilot.gates import Verdict
 
 __all__ = ["REASON_CODES", "AutopilotMetrics", "default_autopilot_metrics"]
