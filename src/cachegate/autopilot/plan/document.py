@@ -104,11 +104,4 @@ def parse_plan(
         )
     else:
         tracks = read_tracks(data["tracks"], gates, source, environ)
-    return Plan(
-        stages=stages,
-        interval=interval,
-        settle=settle,
-        selector=selector,
-        source=source,
-        tracks=tracks,
-    )
+    return Plan(stages, interval, settle, selector, source, tracks)
