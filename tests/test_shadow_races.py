@@ -74,6 +74,11 @@ async def _run(store: Store, namespace: str, *, write_during_second: bool) -> Co
     return registry
 
 
+def _ignored(registry: CollectorRegistry) -> float | None:
+    labels = {"cache_layer": "query_result", "kind": "shadow"}
+    return registry.get_sample_value("cachegate_comparisons_ignored_total", labels)
+
+
 def _mismatches(registry: CollectorRegistry) -> float | None:
     labels = {"cache_layer": "query_result", "kind": "shadow", "outcome": "mismatch"}
     return registry.get_sample_value("cachegate_comparisons_total", labels)
@@ -84,8 +89,10 @@ async def test_a_write_during_the_fresh_run_is_not_counted_as_a_mismatch(
 ) -> None:
     registry = await _run(store, namespace, write_during_second=True)
     assert _mismatches(registry) == 0
+    assert _ignored(registry) == 1
 
 
 async def test_a_changed_answer_without_a_write_is_a_mismatch(store: Store, namespace: str) -> None:
     registry = await _run(store, namespace, write_during_second=False)
     assert _mismatches(registry) == 1
+    assert _ignored(registry) == 0

@@ -4,7 +4,7 @@ compared with the policy's comparator and the result is published at one point.
 
 One ignore rule: a mismatch explained by a write to the cache scope while the control was
 computed says nothing about staleness (the fresh answer moved, not the cache), so it is
-ignored, neither counted nor logged.
+left out of the outcomes and the log, and only counted as ignored.
 """
 
 from __future__ import annotations
@@ -62,6 +62,7 @@ class Experiment:
             and write_during is not None
             and await write_during()
         ):
+            self.metrics.comparisons_ignored.labels(self.layer.value, self.kind.value).inc()
             return None
         self.publish(comparison, candidate, control.content or b"")
         return comparison.outcome

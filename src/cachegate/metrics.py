@@ -171,6 +171,14 @@ class Metrics(StoreMetrics, StreamMetrics, FlagMetrics):
             namespace=ns,
             registry=reg,
         )
+        self.comparisons_ignored = Counter(
+            "comparisons_ignored",
+            "Comparisons left out because the cache scope was written while the fresh answer "
+            "was computed: the fresh answer moved, so the mismatch says nothing of staleness.",
+            ["cache_layer", "kind"],
+            namespace=ns,
+            registry=reg,
+        )
         self.decisions = Counter(
             "decisions",
             "Per-request decisions by layer and mode.",
@@ -256,6 +264,7 @@ class Metrics(StoreMetrics, StreamMetrics, FlagMetrics):
             for mode in MODES:
                 self.decisions.labels(layer, mode)
             for kind in COMPARISON_KINDS:
+                self.comparisons_ignored.labels(layer, kind)
                 for outcome in OUTCOMES:
                     self.comparisons.labels(layer, kind, outcome)
         for reason in BYPASS_REASONS:
