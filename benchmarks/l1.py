@@ -170,7 +170,6 @@ async def store_costs(redis_url: str, namespace: str, *, quick: bool) -> dict[st
     from redis.asyncio.retry import Retry
     from redis.backoff import NoBackoff
 
-    from cachegate.metrics import default_metrics
     from cachegate.store import RedisStore
 
     client = redis.asyncio.Redis.from_url(redis_url)
@@ -179,9 +178,7 @@ async def store_costs(redis_url: str, namespace: str, *, quick: bool) -> dict[st
     await client.set(entry, apps.ANSWER_BYTES + b"x" * 64, ex=3600)
     for key in generations:
         await client.set(key, b"1234567890123456789", ex=3600)
-    bare_store = RedisStore.from_url(redis_url, deadline=1.0)
-    metered = RedisStore.from_url(redis_url, deadline=1.0)
-    metered.metrics = default_metrics()
+    metered = RedisStore.from_url(redis_url, deadline=1.0)  # counts into default_metrics()
     tasked = RedisStore(
         redis.asyncio.Redis(
             connection_pool=redis.asyncio.BlockingConnectionPool.from_url(
@@ -195,7 +192,6 @@ async def store_costs(redis_url: str, namespace: str, *, quick: bool) -> dict[st
             )
         ),
         deadline=1.0,
-        metrics=default_metrics(),
     )
     keys = [entry, *generations]
 
@@ -209,9 +205,6 @@ async def store_costs(redis_url: str, namespace: str, *, quick: bool) -> dict[st
         async with asyncio.timeout(1.0):
             await client.mget(keys)
 
-    async def lookup_plain() -> None:
-        await bare_store.lookup(entry, generations)
-
     async def lookup_metered() -> None:
         await metered.lookup(entry, generations)
 
@@ -224,7 +217,6 @@ async def store_costs(redis_url: str, namespace: str, *, quick: bool) -> dict[st
                 "raw GET of the entry (the floor's call)": get,
                 "raw MGET of entry + 2 generations": mget,
                 "raw MGET inside asyncio.timeout": mget_deadline,
-                "RedisStore.lookup, no metrics": lookup_plain,
                 "RedisStore.lookup, with metrics (as in the gate)": lookup_metered,
                 "RedisStore.lookup, each call in its own task (before #15)": lookup_tasked,
             },
@@ -233,7 +225,6 @@ async def store_costs(redis_url: str, namespace: str, *, quick: bool) -> dict[st
             rounds=4 if quick else 10,
         )
     finally:
-        await bare_store.aclose()
         await metered.aclose()
         await tasked.aclose()
         await client.aclose()

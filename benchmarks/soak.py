@@ -56,7 +56,7 @@ REQUEST_TIMEOUT = 30.0
 
 def app_from_env() -> object:
     """The soak's server app (uvicorn `--factory`): the demo on `SOAK_REDIS_URL`."""
-    from cachegate import CacheGate, Decision, Mode
+    from cachegate import CacheGate, Decision, Limits, Mode
     from cachegate.demo.app import Notes, create_app, policies, write_rules
     from cachegate.demo.workload import Catalog
     from cachegate.store import RedisStore
@@ -78,7 +78,7 @@ def app_from_env() -> object:
         store=store,
         rollout=ByTenant(),
         namespace=os.environ["SOAK_NAMESPACE"],
-        noise_sample_rate=0.0,
+        limits=Limits(noise_sample_rate=0.0),
     )
     catalog = Catalog(workspaces=20, clients=len(CLIENTS), notes_per_client=2)
     return create_app(gate, latency=MODEL_LATENCY, notes=Notes.seeded(catalog))

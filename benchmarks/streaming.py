@@ -98,7 +98,7 @@ class ModelStream:
 def _gate(store: Store, namespace: str, paced: bool) -> CacheGate:
     from prometheus_client import CollectorRegistry
 
-    from cachegate import CacheGate, Metrics
+    from cachegate import CacheGate, Limits, Metrics
     from cachegate.policy import Pacing, Policy, Streams, trusted_header
 
     streams = Streams(pacing=Pacing.PACED if paced else Pacing.BURST, cap=1.0)
@@ -113,7 +113,7 @@ def _gate(store: Store, namespace: str, paced: bool) -> CacheGate:
         store=store,
         namespace=namespace,
         metrics=Metrics(registry=CollectorRegistry()),
-        max_entry_bytes=1 << 20,
+        limits=Limits(max_entry_bytes=1 << 20),
     )
 
 

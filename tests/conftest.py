@@ -16,6 +16,7 @@ import redis
 from support.components import missing
 from support.redis_cluster import redis_cluster  # noqa: F401  (a private 3-master cluster)
 from support.redis_server import RedisServer, redis_server_binary, running_redis
+from support.stores import fresh_metrics
 from support.unleash_server import unleash_server  # noqa: F401  (the session's real Unleash server)
 
 from cachegate.store import MemoryStore, RedisStore, Store
@@ -65,20 +66,23 @@ async def opened_store(
     The deadline is generous (5 s): these stores serve behaviour tests, and on a loaded 2-core
     machine a cold connection (topology, the epoch's INFO) can outlast a tight one and turn an
     expected miss into a fail-open bypass. Fault tests build stores with their own deadlines.
+    A Redis store counts into metrics of its own (a fresh registry), which a gate over it uses.
     """
     if kind == "memory":
         yield MemoryStore()
         return
     if kind == "cluster":
         url = request.getfixturevalue("redis_cluster").url
-        cluster_store = RedisStore.from_url(url, cluster=True, deadline=STORE_DEADLINE)
+        cluster_store = RedisStore.from_url(
+            url, cluster=True, deadline=STORE_DEADLINE, metrics=fresh_metrics()
+        )
         try:
             yield cluster_store
         finally:
             await cluster_store.aclose()
         return
     url = request.getfixturevalue("redis_url")
-    redis_store = RedisStore.from_url(url, deadline=STORE_DEADLINE)
+    redis_store = RedisStore.from_url(url, deadline=STORE_DEADLINE, metrics=fresh_metrics())
     try:
         yield redis_store
     finally:

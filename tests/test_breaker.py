@@ -115,3 +115,16 @@ def test_a_failed_probe_opens_for_a_new_cool_down(breaker: CircuitBreaker, clock
 def test_rejects_nonsense_settings(threshold: int, cooldown: float) -> None:
     with pytest.raises(ValueError):
         CircuitBreaker(failure_threshold=threshold, cooldown=cooldown)
+
+
+def test_every_subscriber_hears_every_change(
+    breaker: CircuitBreaker, clock: Clock, changes: list[BreakerState]
+) -> None:
+    later: list[BreakerState] = []
+    breaker.subscribe(later.append)
+    open_it(breaker)
+    clock.now += 2.0
+    assert breaker.allow()
+    breaker.success()
+    expected = [BreakerState.OPEN, BreakerState.HALF_OPEN, BreakerState.CLOSED]
+    assert changes == later == expected

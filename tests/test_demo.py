@@ -13,8 +13,9 @@ import pytest
 import uvicorn
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
+from support.stores import metrics_for
 
-from cachegate import CacheGate, Metrics
+from cachegate import CacheGate
 from cachegate.demo.app import create_app, policies, write_rules
 from cachegate.store import MemoryStore, Store
 
@@ -25,13 +26,15 @@ QUESTION = "How did the client sleep this week?"
 
 
 def demo(store: Store, namespace: str) -> tuple[object, CollectorRegistry]:
-    registry = CollectorRegistry()
+    metrics = metrics_for(store)
+    registry = metrics.registry
+    assert registry is not None
     gate = CacheGate(
         policies=policies(),
         write_rules=write_rules(),
         store=store,
         namespace=namespace,
-        metrics=Metrics(registry=registry),
+        metrics=metrics,
     )
     return create_app(gate, latency=0.01, registry=registry), registry
 

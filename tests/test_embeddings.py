@@ -19,8 +19,8 @@ from cohere.types import EmbedByTypeResponse, EmbedByTypeResponseEmbeddings
 from conftest import delete_namespace
 from hypothesis import given
 from hypothesis import strategies as st
-from prometheus_client import CollectorRegistry
 from support.cohere_server import CohereServer, embedding, float_vector, tokens_for
+from support.stores import metrics_for
 
 from cachegate.comparators import Outcome
 from cachegate.embeddings import (
@@ -34,7 +34,6 @@ from cachegate.embeddings import (
 from cachegate.embeddings.codec import compare
 from cachegate.embeddings.cohere import response
 from cachegate.keys import Normalization
-from cachegate.metrics import Metrics
 from cachegate.rollout import Decision, Mode, using_decision
 from cachegate.store import MemoryStore, RedisStore, Store
 from cachegate.vectors import (
@@ -307,8 +306,9 @@ async def test_constructor_mode_applies_outside_a_request(
 async def test_shadow_compares_and_serves_fresh(
     client: cohere.AsyncClientV2, store: Store, namespace: str, server: CohereServer
 ) -> None:
-    registry = CollectorRegistry()
-    metrics = Metrics(registry=registry)
+    metrics = metrics_for(store)
+    registry = metrics.registry
+    assert registry is not None
     cached = embedder(client, store, namespace, metrics=metrics)
     await cached.embed(texts=["same", "changed"], model=MODEL, input_type=QUERY)
     wrong = encode_vector(expected("something else"), DType.FLOAT32)
@@ -353,8 +353,10 @@ async def test_corrupt_entries_are_misses_deleted_and_counted(
     server: CohereServer,
     bad: bytes,
 ) -> None:
-    registry = CollectorRegistry()
-    cached = embedder(client, store, namespace, metrics=Metrics(registry=registry))
+    metrics = metrics_for(store)
+    registry = metrics.registry
+    assert registry is not None
+    cached = embedder(client, store, namespace, metrics=metrics)
     corrupt_key = key(namespace, "c", output_dimension=DIM)
     await store.set_many([(corrupt_key, bad)], 60)
     server.fail(500)
@@ -438,10 +440,10 @@ async def test_partial_failure_keeps_only_the_chunks_that_succeeded(
 async def test_accounting_of_billed_and_avoided_work(
     client: cohere.AsyncClientV2, store: Store, namespace: str, server: CohereServer
 ) -> None:
-    registry = CollectorRegistry()
-    cached = embedder(
-        client, store, namespace, metrics=Metrics(registry=registry), cost_per_call=0.01
-    )
+    metrics = metrics_for(store)
+    registry = metrics.registry
+    assert registry is not None
+    cached = embedder(client, store, namespace, metrics=metrics, cost_per_call=0.01)
     await cached.embed(texts=["one two", "three"], model=MODEL, input_type=QUERY)
     assert cached.stats.billed_tokens == 3
     assert cached.stats.tokens_per_text == 1.5
@@ -666,8 +668,9 @@ async def test_stats_are_the_counts_the_metrics_were_given(
 ) -> None:
     """One counting path: after serve, shadow, corrupt entries and a failed read, every total
     with a Prometheus series equals that series (two embedders, one `Metrics`)."""
-    registry = CollectorRegistry()
-    metrics = Metrics(registry=registry)
+    metrics = metrics_for(store)
+    registry = metrics.registry
+    assert registry is not None
     cached = embedder(client, store, namespace, metrics=metrics)
     await cached.embed(texts=["a", "b"], model=MODEL, input_type=QUERY)
     await cached.embed(texts=["a", "b", "c"], model=MODEL, input_type=QUERY)
@@ -676,7 +679,7 @@ async def test_stats_are_the_counts_the_metrics_were_given(
     await store.set_many([(key(namespace, "b"), wrong)], 60)
     with using_decision(Decision(l2=Mode.SHADOW)):
         await cached.embed(texts=["a", "b", "c", "d"], model=MODEL, input_type=QUERY)
-    down = RedisStore.from_url(f"redis://127.0.0.1:{closed_port()}", deadline=0.5)
+    down = RedisStore.from_url(f"redis://127.0.0.1:{closed_port()}", deadline=0.5, metrics=metrics)
     failing = embedder(client, down, namespace, metrics=metrics)
     try:
         await failing.embed(texts=["a"], model=MODEL, input_type=QUERY)

@@ -14,16 +14,15 @@ import httpx
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from prometheus_client import CollectorRegistry
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
+from support.stores import metrics_for
 
 from cachegate import (
     CacheGate,
     CacheGateMiddleware,
-    Metrics,
     Policy,
     body_field,
     trusted_header,
@@ -211,7 +210,9 @@ def test_import_cachegate_does_not_load_the_cipher() -> None:
 
 
 async def test_l1_entries_and_l2_vectors_are_encrypted(store: Store, namespace: str) -> None:
-    encrypted = EncryptedStore(store, {"k1": K1}, "k1", digest_secret=b"d" * 32)
+    encrypted = EncryptedStore(
+        store, {"k1": K1}, "k1", digest_secret=b"d" * 32, metrics=metrics_for(store)
+    )
     raw_writes: list[tuple[str, bytes]] = []
     answer = "Ms. Example dreams of the sea"
 
@@ -253,7 +254,6 @@ async def test_l1_entries_and_l2_vectors_are_encrypted(store: Store, namespace: 
         ],
         store=encrypted,
         namespace=namespace,
-        metrics=Metrics(registry=CollectorRegistry()),
     )
     app = Starlette(routes=[Route("/ai/query", ask, methods=["POST"])])
     app.add_middleware(CacheGateMiddleware, gate=gate)

@@ -10,6 +10,7 @@ import anyio
 import pytest
 from support.apps import Harness
 from support.redis_server import RedisServer
+from support.stores import fresh_metrics
 
 from cachegate.breaker import BreakerState
 from cachegate.store import RedisStore
@@ -26,7 +27,9 @@ def server(spawned_redis: RedisServer) -> RedisServer:
 
 @pytest.fixture
 async def harness(server: RedisServer) -> AsyncIterator[Harness]:
-    store = RedisStore.from_url(server.url, deadline=DEADLINE, invalidation_deadline=0.2)
+    store = RedisStore.from_url(
+        server.url, deadline=DEADLINE, invalidation_deadline=0.2, metrics=fresh_metrics()
+    )
     store.breaker.cooldown = 0.3  # the default is 2 s; the behaviour is the same
     async with Harness(store=store, namespace="failopen") as h:
         h.gate.invalidator.retry_interval = 0.05

@@ -26,6 +26,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from support.apps import TENANT_HEADER, Harness
 from support.redis_server import RedisServer, free_port
+from support.stores import fresh_metrics
 from support.tcp_proxy import TcpProxy
 
 from cachegate import (
@@ -37,7 +38,6 @@ from cachegate import (
     trusted_header,
 )
 from cachegate.breaker import BreakerState
-from cachegate.policy import RequestView
 from cachegate.store import RedisStore
 from cachegate.store.codec import decode_entry
 
@@ -131,7 +131,9 @@ def assert_no_failures(results: list[Result]) -> None:
 
 
 def redis_harness(url: str, namespace: str) -> Harness:
-    store = RedisStore.from_url(url, deadline=DEADLINE, invalidation_deadline=0.2)
+    store = RedisStore.from_url(
+        url, deadline=DEADLINE, invalidation_deadline=0.2, metrics=fresh_metrics()
+    )
     store.breaker.cooldown = 0.3  # the default is 2 s; the behaviour is the same
     h = Harness(store=store, namespace=namespace)
     h.service.delay = FRESH
@@ -216,17 +218,12 @@ async def test_slow_and_black_holed_redis_costs_at_most_the_deadline(
 
 def facts_for(h: Harness, tenant: str, query: str) -> tuple[str, tuple[str, ...]]:
     """The entry key and generation keys the middleware computes for a load request."""
-    request = RequestView(
-        method="POST",
-        path="/ai/query",
-        path_params={},
+    facts = h.gate.keys_for(
+        "POST",
+        "/ai/query",
         headers=[(TENANT_HEADER.lower().encode(), tenant.encode())],
-        query_string=b"",
         body=json.dumps({"query": query, "client_id": "c1"}).encode(),
     )
-    match = h.gate.router.match("POST", "/ai/query")
-    assert match is not None
-    facts = h.gate.results.facts(match.rule, request, tenant)  # type: ignore[arg-type]
     return facts.key, tuple(facts.generation_keys)
 
 
@@ -314,7 +311,7 @@ async def test_an_app_that_fails_is_never_cached_and_its_error_reaches_the_calle
 ) -> None:
     bare, _ = failing_app()
     cached, calls = failing_app()
-    store = RedisStore.from_url(server.url, deadline=DEADLINE)
+    store = RedisStore.from_url(server.url, deadline=DEADLINE, metrics=Metrics(registry=None))
     gate = CacheGate(
         policies=[
             Policy(
@@ -323,7 +320,6 @@ async def test_an_app_that_fails_is_never_cached_and_its_error_reaches_the_calle
         ],
         store=store,
         namespace=namespace,
-        metrics=Metrics(registry=None),
     )
     cached.add_middleware(CacheGateMiddleware, gate=gate)
     concurrent = 10

@@ -30,6 +30,7 @@ from support.apps import Harness
 from support.components import missing
 from support.freshness_app import INDEXING_DELAY, create_db
 from support.redis_server import RedisServer, free_port, redis_server_binary
+from support.stores import fresh_metrics
 from support.tcp_proxy import TcpProxy
 
 from cachegate import CacheScope
@@ -85,7 +86,7 @@ def assert_fresh(seen: list[tuple[str, list[str]]], note: str) -> None:
 
 
 def store_for(url: str) -> RedisStore:
-    store = RedisStore.from_url(url, deadline=0.5)
+    store = RedisStore.from_url(url, deadline=0.5, metrics=fresh_metrics())
     store.breaker.cooldown = 0.2
     return store
 
@@ -444,7 +445,9 @@ async def test_identical_misses_coalesce_while_redis_stalls(
     """Redis answers 0.5 s late (10x the 50 ms deadline): every lookup fails, yet 50 identical
     concurrent requests cost at most two fresh computations, all answered the same."""
     async with TcpProxy(spawned_redis.port) as stall:
-        store = RedisStore.from_url(f"redis://127.0.0.1:{stall.port}/0", deadline=0.05)
+        store = RedisStore.from_url(
+            f"redis://127.0.0.1:{stall.port}/0", deadline=0.05, metrics=fresh_metrics()
+        )
         store.breaker.failure_threshold = 1000  # the breaker is not what is tested here
         try:
             async with Harness(store=store, namespace=namespace) as h:
@@ -464,7 +467,7 @@ async def test_identical_misses_coalesce_while_redis_stalls(
 async def test_identical_misses_coalesce_on_a_cold_pool(
     spawned_redis: RedisServer, namespace: str
 ) -> None:
-    store = RedisStore.from_url(spawned_redis.url, deadline=0.05)
+    store = RedisStore.from_url(spawned_redis.url, deadline=0.05, metrics=fresh_metrics())
     try:
         async with Harness(store=store, namespace=namespace) as h:
             h.service.delay = 0.1

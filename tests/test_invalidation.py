@@ -16,7 +16,7 @@ from support.apps import TENANT_HEADER, Harness
 from support.asgi import Message, drive
 from support.model import Model
 
-from cachegate import CacheScope, RequestView
+from cachegate import CacheScope, Limits
 from cachegate.results import RequestFacts
 from cachegate.singleflight import Flight, SingleFlight
 from cachegate.store import MemoryStore, Store
@@ -48,16 +48,8 @@ def entry_key(h: Harness, tenant: str = "t1", client: str | None = "c1", query: 
     body: dict[str, object] = {"query": query}
     if client is not None:
         body["client_id"] = client
-    request = RequestView(
-        method="POST",
-        path="/ai/query",
-        path_params={},
-        headers=[(TENANT_HEADER.lower().encode(), tenant.encode())],
-        query_string=b"",
-        body=json.dumps(body).encode(),
-    )
-    policy = h.gate.router.match("POST", "/ai/query").rule  # type: ignore[union-attr]
-    return h.gate.results.facts(policy, request, tenant)  # type: ignore[arg-type]
+    headers = [(TENANT_HEADER.lower().encode(), tenant.encode())]
+    return h.gate.keys_for("POST", "/ai/query", headers=headers, body=json.dumps(body).encode())
 
 
 async def warm(h: Harness, *scopes: tuple[str, str | None]) -> None:
@@ -185,7 +177,7 @@ async def test_the_write_response_is_not_sent_before_the_bump(build: Build, stor
 
 
 async def test_write_over_the_body_cap_invalidates_the_whole_tenant(build: Build) -> None:
-    h = build(max_body_bytes=200)
+    h = build(limits=Limits(max_body_bytes=200))
     await warm(h, ("t1", "c1"), ("t1", "c2"), ("t2", "c1"))
     response = await h.write("c1", notes="n" * 1000)
     assert response.status_code == 201
@@ -307,7 +299,7 @@ async def test_concurrent_identical_misses_compute_once(build: Build) -> None:
 
 
 async def test_a_waiter_that_waits_too_long_computes_on_its_own(build: Build) -> None:
-    h = build(single_flight_wait=0.05)
+    h = build(limits=Limits(single_flight_wait=0.05))
     entered, release = h.service.hold("slow")
     leader = asyncio.create_task(h.ask(headers={"X-Hold": "slow"}))
     await entered.wait()
@@ -325,7 +317,7 @@ async def test_a_waiter_that_waits_too_long_computes_on_its_own(build: Build) ->
 async def test_a_leader_that_overran_the_wait_collects_no_more_waiters(build: Build) -> None:
     """A hung leader costs its own request: identical requests arriving after its
     `single_flight_wait` do not queue behind it, they share one new computation."""
-    h = build(single_flight_wait=0.2)
+    h = build(limits=Limits(single_flight_wait=0.2))
     flights = h.gate.flights = ObservedFlights()
     entered, release = h.service.hold("hung")
     leader = asyncio.create_task(h.ask(headers={"X-Hold": "hung"}))

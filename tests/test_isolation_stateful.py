@@ -30,6 +30,7 @@ from hypothesis.stateful import (
 from support.apps import Harness
 from support.cohere_server import CohereServer, float_vector
 from support.model import Model
+from support.stores import fresh_metrics
 
 from cachegate.embeddings import CachedEmbedder
 from cachegate.store import MemoryStore, RedisStore, Store
@@ -49,9 +50,11 @@ def store_factory(request: pytest.FixtureRequest, kind: str, namespace: str) -> 
     if kind == "redis":
         url = request.getfixturevalue("redis_url")
         request.addfinalizer(lambda: delete_namespace(url, namespace))
-        return lambda: RedisStore.from_url(url, deadline=1.0)
+        return lambda: RedisStore.from_url(url, deadline=1.0, metrics=fresh_metrics())
     cluster_url = request.getfixturevalue("redis_cluster").url
-    return lambda: RedisStore.from_url(cluster_url, cluster=True, deadline=1.0)
+    return lambda: RedisStore.from_url(
+        cluster_url, cluster=True, deadline=1.0, metrics=fresh_metrics()
+    )
 
 
 class CacheMachine(RuleBasedStateMachine):

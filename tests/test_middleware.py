@@ -11,12 +11,13 @@ import pytest
 from prometheus_client import CollectorRegistry
 from support.apps import FRAMEWORKS, TENANT_HEADER, Harness, query_policy
 from support.asgi import Exchange, Message, RecordingApp, drive, http_scope
-from support.stores import CountingStore
+from support.stores import CountingStore, metrics_for
 
 from cachegate import (
     CacheGate,
     CacheGateMiddleware,
     Decision,
+    Limits,
     Metrics,
     Mode,
     Normalization,
@@ -234,7 +235,7 @@ REFUSED = [
 async def test_refused_responses_are_served_but_never_stored(
     build: Build, kind: str, status: int, reason: str
 ) -> None:
-    h = build(max_entry_bytes=2048)
+    h = build(limits=Limits(max_entry_bytes=2048))
     responses = [
         await h.client.post(f"/r/{kind}", headers={TENANT_HEADER: "t1"}, follow_redirects=False)
         for _ in range(2)
@@ -256,7 +257,7 @@ async def test_refused_responses_are_served_but_never_stored(
 
 async def test_the_control_route_is_cached(build: Build) -> None:
     """The refusal routes differ from this one only in what their responses say."""
-    h = build(max_entry_bytes=2048)
+    h = build(limits=Limits(max_entry_bytes=2048))
     for expected in ("miss", "hit"):
         response = await h.client.post("/r/ok", headers={TENANT_HEADER: "t1"})
         assert response.headers["x-cachegate"] == expected
@@ -320,7 +321,7 @@ def recording_gate(namespace: str, **options: Any) -> CacheGate:
             )
         ],
         namespace=namespace,
-        metrics=options.pop("metrics", None) or Metrics(registry=CollectorRegistry()),
+        metrics=options.pop("metrics", None) or metrics_for(options.get("store")),
         **options,
     )
 
@@ -365,10 +366,12 @@ async def test_chunked_body_reaches_starlette_and_fastapi_endpoints(build: Build
 async def test_body_over_the_cap_bypasses_and_the_app_still_gets_all_of_it(
     store: Store, namespace: str
 ) -> None:
-    registry = CollectorRegistry()
+    metrics = metrics_for(store)
+    registry = metrics.registry
+    assert registry is not None
     app = RecordingApp()
     gate = recording_gate(
-        namespace, store=store, max_body_bytes=100, metrics=Metrics(registry=registry)
+        namespace, store=store, limits=Limits(max_body_bytes=100), metrics=metrics
     )
     body = json.dumps({"query": "q" * 500, "client_id": "c1"}).encode()
     chunks = [body[i : i + 37] for i in range(0, len(body), 37)]
@@ -501,7 +504,7 @@ BAD_INPUT = [
 async def test_bad_input_bypasses_with_its_reason(
     build: Build, body: bytes, headers: dict[str, str | None], status: int, reason: str
 ) -> None:
-    h = build(max_body_bytes=4096)
+    h = build(limits=Limits(max_body_bytes=4096))
     sent = {TENANT_HEADER: "t1", "content-type": "application/json"}
     for name, value in headers.items():
         if value is None:
@@ -625,7 +628,7 @@ async def test_the_decision_reaches_the_app(store: Store, namespace: str) -> Non
         store=store,
         namespace=namespace,
         rollout=StaticRollout(decision),
-        metrics=Metrics(registry=CollectorRegistry()),
+        metrics=metrics_for(store),
     )
     exchange: Exchange = await drive(
         CacheGateMiddleware(app, gate), path="/x", headers=[(b"x-tenant", b"t")]

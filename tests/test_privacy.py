@@ -25,7 +25,7 @@ from support.components import missing
 from support.redis_server import RedisServer, redis_server_binary, running_redis
 from support.spans import recording_spans
 
-from cachegate import CacheGate, Decision, Metrics, Mode
+from cachegate import CacheGate, Decision, Limits, Metrics, Mode
 from cachegate.demo.app import create_app, policies, write_rules
 from cachegate.store import RedisStore, Store
 from cachegate.store.encrypted import EncryptedStore
@@ -187,8 +187,7 @@ async def _run(
         store=store,
         rollout=ByTenant(serve, shadow),
         namespace=namespace,
-        metrics=Metrics(registry=registry),
-        noise_sample_rate=1.0,
+        limits=Limits(noise_sample_rate=1.0),
     )
     app = create_app(gate, latency=0.0, registry=registry)
     transport = httpx.ASGITransport(app=app)
@@ -248,7 +247,7 @@ async def test_no_private_data_in_keys_metrics_spans_or_logs(
     namespace = f"cgpriv{uuid.uuid4().hex[:8]}"
     workload = Workload()
     registry = CollectorRegistry()
-    redis_store = RedisStore.from_url(server.url, deadline=1.0)
+    redis_store = RedisStore.from_url(server.url, deadline=1.0, metrics=Metrics(registry=registry))
     store: Store = (
         EncryptedStore(redis_store, {"k1": bytes(range(32))}, "k1", digest_secret=b"d" * 32)
         if encrypted
@@ -310,16 +309,16 @@ async def test_no_private_data_in_keys_metrics_spans_or_logs(
 async def test_request_and_entry_size_caps(server: RedisServer) -> None:
     namespace = f"cgpriv{uuid.uuid4().hex[:8]}"
     registry = CollectorRegistry()
-    store = RedisStore.from_url(server.url, deadline=1.0)
+    store = RedisStore.from_url(
+        server.url, deadline=1.0, metrics=Metrics(registry=CollectorRegistry())
+    )
     tenant = f"ws-caps-{uuid.uuid4().hex[:6]}"
 
     def gate(**limits: int) -> CacheGate:
+        """A gate over `store`, counting into its metrics (the two runs count different
+        series, so sharing them changes no assertion)."""
         return CacheGate(
-            policies=policies(),
-            store=store,
-            namespace=namespace,
-            metrics=Metrics(registry=CollectorRegistry()),
-            **limits,
+            policies=policies(), store=store, namespace=namespace, limits=Limits(**limits)
         )
 
     small_body = gate(max_body_bytes=512, max_header_bytes=1024)

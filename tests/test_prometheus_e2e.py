@@ -243,7 +243,7 @@ def test_dashboards_and_rules_against_real_prometheus(
     assert {expr for expr, _ in MOVED} <= set(queries), "MOVED lists queries no panel has"
 
     registry = CollectorRegistry()
-    store = RedisStore.from_url(redis_url, deadline=1.0)
+    store = RedisStore.from_url(redis_url, deadline=1.0, metrics=Metrics(registry=registry))
     rollout = StageRollout()
     gate = CacheGate(
         policies=policies(),
@@ -251,7 +251,6 @@ def test_dashboards_and_rules_against_real_prometheus(
         store=store,
         rollout=rollout,
         namespace=namespace,
-        metrics=Metrics(registry=registry),
     )
     app = create_app(gate, latency=0.01, registry=registry)
     try:

@@ -154,7 +154,10 @@ def test_dark_launch_looks_up_but_serves_fresh(results: dict[str, StageResult]) 
     assert dark.l2.shadow_hits + dark.l2.shadow_misses == dark.model_calls
     assert dark.embed_calls == dark.model_calls
     assert dark.cost_avoided == 0
-    assert dark.agreement["l1-shadow"].compared == dark.l1.shadow_hits
+    shadow = dark.agreement["l1-shadow"]
+    # every shadow hit is compared, or left out because a write raced its fresh answer
+    assert shadow.compared + shadow.ignored == dark.l1.shadow_hits
+    assert shadow.compared > 0
 
 
 def test_l2_serves_embeddings_from_the_cache(results: dict[str, StageResult]) -> None:

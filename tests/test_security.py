@@ -20,7 +20,6 @@ from fastapi import Depends, FastAPI, Header, HTTPException
 from hypothesis import given
 from hypothesis import strategies as st
 from opentelemetry.sdk.trace import ReadableSpan
-from prometheus_client import CollectorRegistry
 from pydantic import BaseModel
 from starlette.applications import Starlette
 from starlette.authentication import AuthCredentials, AuthenticationBackend, SimpleUser
@@ -30,11 +29,11 @@ from starlette.requests import HTTPConnection, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from support.spans import recording_spans
+from support.stores import fresh_metrics, metrics_for
 
 from cachegate import (
     CacheGate,
     CacheGateMiddleware,
-    Metrics,
     Policy,
     WriteRule,
     as_int,
@@ -57,7 +56,7 @@ def gate_for(store: Store, namespace: str, *policies: Policy, **options: Any) ->
         policies=policies,
         store=store,
         namespace=namespace,
-        metrics=Metrics(registry=CollectorRegistry()),
+        metrics=metrics_for(store),
         **options,
     )
 
@@ -144,7 +143,7 @@ async def test_a_write_with_an_ambiguous_tenant_invalidates_every_candidate(
         write_rules=[rule],
         store=l1_store,
         namespace=namespace,
-        metrics=Metrics(registry=CollectorRegistry()),
+        metrics=metrics_for(l1_store),
     )
     app = echo_app(read)
     app.router.routes.append(Route("/notes", write, methods=["POST"]))
@@ -471,8 +470,10 @@ def test_an_encrypted_store_always_keys_its_digests() -> None:
 
     with pytest.raises(ValueError, match="digest_secret"):
         EncryptedStore(MemoryStore(), {"k": b"k" * 32}, "k")
-    store = EncryptedStore(MemoryStore(), {"k": b"k" * 32}, "k", digest_secret=SECRET)
-    gate = CacheGate(policies=[], store=store, metrics=Metrics(registry=CollectorRegistry()))
+    store = EncryptedStore(
+        MemoryStore(), {"k": b"k" * 32}, "k", digest_secret=SECRET, metrics=fresh_metrics()
+    )
+    gate = CacheGate(policies=[], store=store)
     assert gate.keyspace.secret == SECRET
     with pytest.raises(ValueError, match="differs"):
         CacheGate(policies=[], store=store, key_secret=b"another secret, 32 bytes long!!")

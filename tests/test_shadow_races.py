@@ -12,12 +12,12 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
+from support.stores import metrics_for
 
 from cachegate import (
     CacheGate,
     CacheGateMiddleware,
     Decision,
-    Metrics,
     Mode,
     Policy,
     StaticRollout,
@@ -30,7 +30,9 @@ pytestmark = pytest.mark.anyio
 
 
 async def _run(store: Store, namespace: str, *, write_during_second: bool) -> CollectorRegistry:
-    registry = CollectorRegistry()
+    metrics = metrics_for(store)
+    registry = metrics.registry
+    assert registry is not None
     gate = CacheGate(
         policies=[
             Policy(
@@ -43,7 +45,7 @@ async def _run(store: Store, namespace: str, *, write_during_second: bool) -> Co
         store=store,
         namespace=namespace,
         rollout=StaticRollout(Decision(l1=Mode.SHADOW)),
-        metrics=Metrics(registry=registry),
+        metrics=metrics,
     )
     state = {"notes": "v1"}
 
@@ -72,6 +74,11 @@ async def _run(store: Store, namespace: str, *, write_during_second: bool) -> Co
     return registry
 
 
+def _ignored(registry: CollectorRegistry) -> float | None:
+    labels = {"cache_layer": "query_result", "kind": "shadow"}
+    return registry.get_sample_value("cachegate_comparisons_ignored_total", labels)
+
+
 def _mismatches(registry: CollectorRegistry) -> float | None:
     labels = {"cache_layer": "query_result", "kind": "shadow", "outcome": "mismatch"}
     return registry.get_sample_value("cachegate_comparisons_total", labels)
@@ -82,8 +89,10 @@ async def test_a_write_during_the_fresh_run_is_not_counted_as_a_mismatch(
 ) -> None:
     registry = await _run(store, namespace, write_during_second=True)
     assert _mismatches(registry) == 0
+    assert _ignored(registry) == 1
 
 
 async def test_a_changed_answer_without_a_write_is_a_mismatch(store: Store, namespace: str) -> None:
     registry = await _run(store, namespace, write_during_second=False)
     assert _mismatches(registry) == 1
+    assert _ignored(registry) == 0

@@ -13,6 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
 
+from cachegate.keying import Keying
 from cachegate.keys import KeySpace
 from cachegate.metrics import Metrics
 from cachegate.policy import Policy, Streams, trusted_header
@@ -125,10 +126,7 @@ def test_any_chunking_round_trips_through_the_store_exactly(
         async def run() -> None:
             store = make_store()
             results = ResultCache(
-                store,
-                KeySpace(namespace),
-                metrics=Metrics(registry=CollectorRegistry()),
-                max_entry_bytes=1 << 20,
+                store, metrics=Metrics(registry=CollectorRegistry()), max_entry_bytes=1 << 20
             )
             view = View(
                 method="POST",
@@ -139,10 +137,8 @@ def test_any_chunking_round_trips_through_the_store_exactly(
                 body=b"",
             )
             try:
-                tenant = results.tenant(policy, view)
-                assert tenant is not None
-                facts = results.facts(policy, view, tenant)
-                generations = await results.start_generations(await results.lookup(facts), facts)
+                facts = Keying(KeySpace(namespace)).request(policy, view)
+                generations = await results.start_generations(await results.find(facts), facts)
                 assert generations is not None
                 stream = stream_of(pieces)
                 await results.fill(
@@ -153,7 +149,7 @@ def test_any_chunking_round_trips_through_the_store_exactly(
                     body=stream.entry.body,
                     chunks=stream.chunks,
                 )
-                found = await results.lookup(facts)
+                found = await results.find(facts)
                 assert found.entry is not None
                 assert StreamEntry(found.entry, found.chunks).pieces() == pieces
                 assert found.entry.headers == HEADERS

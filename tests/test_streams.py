@@ -14,7 +14,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 from support.asgi import Exchange, Message, drive
 
-from cachegate import CacheGate, Metrics
+from cachegate import CacheGate, Limits, Metrics
 from cachegate.middleware import CacheGateMiddleware
 from cachegate.policy import Pacing, Policy, RequestView, Streams, trusted_header
 from cachegate.responses import send_stream
@@ -104,7 +104,7 @@ def bodies(exchange: Exchange) -> list[tuple[bytes, bool]]:
 
 
 def sample(gate: CacheGate, name: str, **labels: str) -> float:
-    registry = gate.metrics._registry
+    registry = gate.metrics.registry
     assert registry is not None
     value = registry.get_sample_value(name, labels)
     return 0.0 if value is None else value
@@ -207,7 +207,7 @@ async def test_a_client_disconnect_mid_stream_is_never_stored() -> None:
 
 async def test_an_oversized_stream_is_never_stored() -> None:
     app = StreamApp([b"data: " + b"x" * 400 + b"\n\n"] * 5)
-    gate = make_gate(max_entry_bytes=1000)
+    gate = make_gate(limits=Limits(max_entry_bytes=1000))
     first = await ask(app, gate)
     assert len(b"".join(b for b, _ in bodies(first))) > 1000  # served whole all the same
     assert uncacheable(gate, "stream_too_large") == 1
@@ -376,7 +376,7 @@ async def test_followers_of_an_oversized_stream_fall_back_to_fresh() -> None:
     hold = asyncio.Event()
     chunks = [b"data: " + b"x" * 300 + b"\n\n"] * 4
     app = StreamApp(chunks, hold=hold)
-    gate = make_gate(max_entry_bytes=1000)
+    gate = make_gate(limits=Limits(max_entry_bytes=1000))
     leader = asyncio.create_task(ask(app, gate))
     await app.first_sent.wait()
     follower = asyncio.create_task(ask(app, gate))
@@ -413,7 +413,9 @@ async def test_verify_and_the_noise_baseline_compare_stream_content() -> None:
     await gate.drain()
     assert sample(gate, "cachegate_comparisons_total", **_cmp("verify", "match")) == 1
     shadow = StaticRollout(Decision(l1=Mode.SHADOW, l2=Mode.OFF))
-    noisy = make_gate(rollout=shadow, noise_sample_rate=1.0, policy={"rerun_safe": True})
+    noisy = make_gate(
+        rollout=shadow, limits=Limits(noise_sample_rate=1.0), policy={"rerun_safe": True}
+    )
     await ask(StreamApp(ids=True), noisy)
     await noisy.drain()
     assert sample(noisy, "cachegate_comparisons_total", **_cmp("noise", "match")) == 1

@@ -9,6 +9,7 @@ import time
 import pytest
 from support.apps import Harness
 from support.redis_server import RedisServer
+from support.stores import fresh_metrics
 from support.unleash_server import UnleashServer
 from test_faults import assert_no_failures, load, serving
 
@@ -41,7 +42,7 @@ async def test_unleash_stopped_mid_load_keeps_the_last_state(
     source = UnleashFlags.connect(unleash_server.settings(), bootstrap=stage_path("off"))
     rollout = FlagRollout(source)
     await rollout.start(wait=10)
-    store = RedisStore.from_url(server.url, deadline=0.2)
+    store = RedisStore.from_url(server.url, deadline=0.2, metrics=fresh_metrics())
     h = Harness(store=store, namespace=namespace, rollout=rollout)
     try:
         await _until(

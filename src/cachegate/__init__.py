@@ -8,6 +8,7 @@ from cachegate.comparators import (
 )
 from cachegate.gate import CacheGate
 from cachegate.keys import CacheScope, Normalization
+from cachegate.limits import Limits
 from cachegate.metrics import Metrics
 from cachegate.middleware import CacheGateMiddleware
 from cachegate.policy import (
@@ -36,6 +37,7 @@ __all__ = [
     "Decision",
     "ExactComparator",
     "JsonComparator",
+    "Limits",
     "MemoryStore",
     "Metrics",
     "Mode",

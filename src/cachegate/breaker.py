@@ -16,7 +16,11 @@ class BreakerState(StrEnum):
 
 
 class CircuitBreaker:
-    """Opens after `failure_threshold` consecutive failures; closes on the first success after."""
+    """Opens after `failure_threshold` consecutive failures; closes on the first success after.
+
+    Every listener (`on_change`, then each one added by `subscribe`) hears each change of
+    state: a store subscribes its metrics to the breaker it is given, whoever built it.
+    """
 
     def __init__(
         self,
@@ -31,11 +35,17 @@ class CircuitBreaker:
         self.failure_threshold = failure_threshold
         self.cooldown = cooldown
         self._clock = clock
-        self._on_change = on_change
+        self._listeners: list[Callable[[BreakerState], None]] = []
+        if on_change is not None:
+            self._listeners.append(on_change)
         self._failures = 0
         self._opened_at = 0.0
         self._state = BreakerState.CLOSED
         self._probing = False
+
+    def subscribe(self, listener: Callable[[BreakerState], None]) -> None:
+        """Call `listener(state)` on every change of state from now on."""
+        self._listeners.append(listener)
 
     @property
     def state(self) -> BreakerState:
@@ -74,5 +84,6 @@ class CircuitBreaker:
     def _set(self, state: BreakerState) -> None:
         changed = state is not self._state
         self._state = state
-        if changed and self._on_change is not None:
-            self._on_change(state)
+        if changed:
+            for listener in self._listeners:
+                listener(state)

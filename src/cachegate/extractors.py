@@ -10,6 +10,7 @@ guessed at (`BadRequest`, counted by reason).
 
 from __future__ import annotations
 
+import inspect
 import json
 import re
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -17,12 +18,13 @@ from typing import Any, ClassVar
 from urllib.parse import parse_qsl
 
 from cachegate.types import Headers
+from cachegate.vocabulary import BypassReason
 
 
 class BadRequest(Exception):
     """The request cannot be keyed; it passes through uncached with `reason` counted."""
 
-    def __init__(self, reason: str) -> None:
+    def __init__(self, reason: BypassReason) -> None:
         super().__init__(reason)
         self.reason = reason
 
@@ -36,7 +38,7 @@ class Ambiguous(BadRequest):
     """
 
     def __init__(self, values: Sequence[str]) -> None:
-        super().__init__("ambiguous_value")
+        super().__init__(BypassReason.AMBIGUOUS_VALUE)
         self.values = tuple(values)
 
 
@@ -81,16 +83,17 @@ class RequestView:
     def of(
         cls, scope: Mapping[str, Any], path_params: Mapping[str, str], body: bytes
     ) -> RequestView:
-        """The view of an ASGI HTTP request whose body has been read."""
-        return cls(
-            method=scope["method"],
-            path=scope["path"],
-            path_params=path_params,
-            headers=scope.get("headers", []),
-            query_string=scope.get("query_string", b""),
-            body=body,
-            scope=scope,
-        )
+        """The view of an ASGI HTTP request (with `body`, its body as read so far)."""
+        view = cls.__new__(cls)  # the middleware's path: no keyword parsing per request
+        view.method = scope["method"]
+        view.path = scope["path"]
+        view.path_params = path_params
+        view.headers = scope.get("headers", [])
+        view.query_string = scope.get("query_string", b"")
+        view.body = body
+        view.scope = scope
+        view._json = cls._UNPARSED
+        return view
 
     def header(self, name: str) -> str | None:
         """Header `name` (case-insensitive, Latin-1); `Ambiguous` if it occurs more than once."""
@@ -119,15 +122,15 @@ class RequestView:
         """
         if self._json is self._UNPARSED:
             if not _json_content_type(self.header("content-type")):
-                raise BadRequest("not_json")
+                raise BadRequest(BypassReason.NOT_JSON)
             try:
                 text = self.body.decode("utf-8")
             except UnicodeDecodeError as error:
-                raise BadRequest("invalid_utf8") from error
+                raise BadRequest(BypassReason.INVALID_UTF8) from error
             try:
                 self._json = json.loads(text)
             except (ValueError, RecursionError) as error:
-                raise BadRequest("invalid_json") from error
+                raise BadRequest(BypassReason.INVALID_JSON) from error
         return self._json
 
 
@@ -146,12 +149,25 @@ Guard = Callable[[RequestView], "bool | Awaitable[bool]"]
 """Whether the app would accept the request as it is (auth, validation); False means bypass."""
 
 
+async def guard_refusal(guard: Guard, request: RequestView) -> BypassReason | None:
+    """Why a policy's guard refuses the request (the app decides), or None if it passes:
+    anything but `True`, or an exception, refuses."""
+    try:
+        verdict = guard(request)
+        if inspect.isawaitable(verdict):
+            verdict = await verdict
+    except Exception:
+        return BypassReason.GUARD_ERROR
+    return None if verdict is True else BypassReason.GUARD_REFUSED
+
+
 class ClientValue:
     """An extractor of a value the client chooses (a header, query or path parameter, a body
     field). Fine as key material or subject; as a tenant only with a `Policy.guard`."""
 
     __slots__ = ("name",)
     helper: ClassVar[str] = ""
+    reads_body: ClassVar[bool] = False
     """The name of the function that makes it, for messages."""
 
     def __init__(self, name: str) -> None:
@@ -191,6 +207,7 @@ class _PathParam(ClientValue):
 class _BodyField(ClientValue):
     __slots__ = ("_parts",)
     helper = "body_field"
+    reads_body = True
 
     def __init__(self, name: str) -> None:
         super().__init__(name)
@@ -199,7 +216,7 @@ class _BodyField(ClientValue):
     def __call__(self, request: RequestView) -> object:
         document = request.json()
         if not isinstance(document, dict):
-            raise BadRequest("body_not_object")
+            raise BadRequest(BypassReason.BODY_NOT_OBJECT)
         return field_at(document, self._parts)
 
 
@@ -227,25 +244,49 @@ def body_field(path: str) -> Extractor:
     return _BodyField(path)
 
 
+class _TrustedHeader:
+    __slots__ = ("name",)
+    reads_body: ClassVar[bool] = False
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __call__(self, request: RequestView) -> str | None:
+        return request.header(self.name)
+
+
+class _Authenticated:
+    __slots__ = ("attribute",)
+    reads_body: ClassVar[bool] = False
+
+    def __init__(self, attribute: str) -> None:
+        self.attribute = attribute
+
+    def __call__(self, request: RequestView) -> object:
+        if "user" not in request.scope:
+            raise BadRequest(BypassReason.NO_AUTHENTICATION)
+        user = request.scope["user"]
+        if not getattr(user, "is_authenticated", False):
+            return None
+        return getattr(user, self.attribute)
+
+
 def trusted_header(name: str) -> Extractor:
     """A header a trusted proxy in front of the app sets, overwriting what the client sent."""
-    return lambda request: request.header(name)
+    return _TrustedHeader(name)
 
 
 def authenticated(attribute: str) -> Extractor:
     """An attribute of the verified user (`scope["user"]`, set by Starlette's
     `AuthenticationMiddleware` placed *outside* CacheGate). An unauthenticated request has no
     value (it bypasses); a request with no authentication middleware before it bypasses too."""
+    return _Authenticated(attribute)
 
-    def extract(request: RequestView) -> object:
-        if "user" not in request.scope:
-            raise BadRequest("no_authentication")
-        user = request.scope["user"]
-        if not getattr(user, "is_authenticated", False):
-            return None
-        return getattr(user, attribute)
 
-    return extract
+def reads_body(extractor: Extractor) -> bool:
+    """Whether `extractor` may read the request body. Only the helpers that never do say no,
+    so a request whose layer is off is passed on without its body being read first."""
+    return bool(getattr(extractor, "reads_body", True))
 
 
 def field_at(document: object, parts: Sequence[str]) -> object:
@@ -259,7 +300,7 @@ def field_at(document: object, parts: Sequence[str]) -> object:
         if value is None:
             return None
         if not isinstance(value, dict):
-            raise BadRequest("body_not_object")
+            raise BadRequest(BypassReason.BODY_NOT_OBJECT)
         value = value.get(part)
     return value
 
@@ -271,17 +312,25 @@ def as_int(extractor: Extractor) -> Extractor:
     """A coercion for an integer id (a FastAPI `client_id: int`): JSON `1` and `"01"` are one
     value, `"1"`. Anything else with a value (`"1.0"`, `true`, `" 1"`) bypasses."""
 
-    def extract(request: RequestView) -> object:
-        value = extractor(request)
+    return _AsInt(extractor)
+
+
+class _AsInt:
+    __slots__ = ("extractor", "reads_body")
+
+    def __init__(self, extractor: Extractor) -> None:
+        self.extractor = extractor
+        self.reads_body = reads_body(extractor)
+
+    def __call__(self, request: RequestView) -> object:
+        value = self.extractor(request)
         if value is None:
             return None
         if isinstance(value, int) and not isinstance(value, bool):
             return str(value)
         if isinstance(value, str) and _INTEGER.fullmatch(value):
             return str(int(value))
-        raise BadRequest("invalid_value")
-
-    return extract
+        raise BadRequest(BypassReason.INVALID_VALUE)
 
 
 def scope_text(value: object) -> str | None:
@@ -296,5 +345,5 @@ def scope_text(value: object) -> str | None:
     if isinstance(value, str):
         if value:
             return value
-        raise BadRequest("empty_value")
-    raise BadRequest("invalid_value")
+        raise BadRequest(BypassReason.EMPTY_VALUE)
+    raise BadRequest(BypassReason.INVALID_VALUE)

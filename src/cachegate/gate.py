@@ -4,36 +4,40 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import Callable, Coroutine, Iterable
+from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
 from typing import Any
 
 from cachegate.comparators import MismatchLog
+from cachegate.experiment import Experiments
+from cachegate.extractors import RequestView
 from cachegate.invalidation import Invalidator
+from cachegate.keying import Keying, RequestFacts
 from cachegate.keys import CacheScope, KeySpace
-from cachegate.metrics import Metrics, RouteMetrics, default_metrics
+from cachegate.limits import Limits
+from cachegate.metrics import Metrics, RouteMetrics
 from cachegate.policy import Policy, Router, WriteRule
 from cachegate.results import ResultCache
 from cachegate.rollout import Rollout, StaticRollout
 from cachegate.singleflight import SingleFlight
-from cachegate.store.base import Store, digest_secret_of
+from cachegate.store.base import Store, digest_secret_of, metrics_of
 from cachegate.store.codec import Entry
 from cachegate.store.memory import MemoryStore
-from cachegate.store.redis import RedisStore
 from cachegate.tee import LiveStream, LiveStreams
+from cachegate.types import ASGIApp, Message, Receive
+
+DEFAULT_LIMITS = Limits()
 
 
 class CacheGate:
     """Everything one cache needs, passed in; sane defaults for the rest.
 
-    `store` defaults to a `MemoryStore`, `rollout` to serving for every tenant. Limits:
-    request bodies over `max_body_bytes`, header blocks over `max_header_bytes` and entries
-    over `max_entry_bytes` are never cached. Waiters on an identical computation give up after
-    `single_flight_wait` seconds and compute on their own. Background verification runs at most
-    `verify_concurrency` re-computations at once, each within `verify_timeout`; in shadow mode
-    `noise_sample_rate` of requests to re-run-safe routes are computed twice to measure noise.
+    `store` defaults to a `MemoryStore`, `rollout` to serving for every tenant, `limits` to
+    `Limits()` (sizes, waits and background work).
     `namespace` is the prefix of every store key (not the metrics' namespace: that is
     `Metrics(namespace=...)`); `key_secret` (at least 16 bytes, the same in every process; an
-    `EncryptedStore` brings its own) makes every digest in a store key an HMAC.
+    `EncryptedStore` brings its own) makes every digest in a store key an HMAC. `metrics`
+    defaults to the store's (a `RedisStore` or `EncryptedStore` is given its metrics when it is
+    built), else `default_metrics()`; metrics other than the store's raise `ValueError`.
     """
 
     def __init__(
@@ -46,41 +50,25 @@ class CacheGate:
         namespace: str = "cachegate",
         key_secret: bytes | None = None,
         metrics: Metrics | None = None,
-        max_body_bytes: int = 1024 * 1024,
-        max_header_bytes: int = 16 * 1024,
-        max_entry_bytes: int = 1024 * 1024,
-        single_flight_wait: float = 5.0,
-        verify_concurrency: int = 4,
-        verify_timeout: float = 10.0,
-        noise_sample_rate: float = 0.01,
+        limits: Limits = DEFAULT_LIMITS,
         sample: Callable[[], float] = random.random,
     ) -> None:
         policies = list(policies)
         write_rules = list(write_rules)
-        if min(max_body_bytes, max_header_bytes, max_entry_bytes) <= 0:
-            raise ValueError("size limits must be positive")
-        if not 0.0 <= noise_sample_rate <= 1.0:
-            raise ValueError("noise_sample_rate must be between 0 and 1")
         self.store: Store = store if store is not None else MemoryStore()
         self.keyspace = KeySpace(namespace, digest_secret_of(self.store, key_secret))
-        self.metrics = metrics if metrics is not None else default_metrics()
-        self._attach_metrics(self.store)
+        self.metrics = metrics_of(self.store, metrics)
         self.router = Router([*policies, *write_rules])
         self.rollout: Rollout = rollout if rollout is not None else StaticRollout()
+        self.keying = Keying(self.keyspace)
         self.results = ResultCache(
-            self.store, self.keyspace, metrics=self.metrics, max_entry_bytes=max_entry_bytes
+            self.store, metrics=self.metrics, max_entry_bytes=limits.max_entry_bytes
         )
         self.invalidator = Invalidator(self.store, self.keyspace, metrics=self.metrics)
         self.flights: SingleFlight[Entry | LiveStream] = SingleFlight()
         self.live_streams = LiveStreams()
         self.mismatches = MismatchLog()
-        self.max_body_bytes = max_body_bytes
-        self.max_header_bytes = max_header_bytes
-        self.max_entry_bytes = max_entry_bytes
-        self.single_flight_wait = single_flight_wait
-        self.verify_concurrency = verify_concurrency
-        self.verify_timeout = verify_timeout
-        self.noise_sample_rate = noise_sample_rate
+        self.limits = limits
         self.sample = sample
         self._background: set[asyncio.Task[None]] = set()
         self.metrics.initialise_routes(
@@ -90,16 +78,34 @@ class CacheGate:
             policy.route: RouteMetrics(self.metrics, policy.route) for policy in policies
         }
 
-    def _attach_metrics(self, store: object) -> None:
-        """Give the store (and a store it wraps) this cache's metrics unless it has its own."""
-        if isinstance(store, RedisStore) and store.metrics is None:
-            store.metrics = self.metrics
-        inner = getattr(store, "inner", None)
-        if inner is not None:
-            self._attach_metrics(inner)
-        if hasattr(store, "on_reject") and store.on_reject is None:
-            counter = self.metrics.encrypted_rejected
-            store.on_reject = lambda reason: counter.labels(reason).inc()
+    def keys_for(
+        self,
+        method: str,
+        path: str,
+        *,
+        headers: Sequence[tuple[bytes, bytes]] = (),
+        query_string: bytes = b"",
+        body: bytes = b"",
+        scope: Mapping[str, Any] | None = None,
+    ) -> RequestFacts:
+        """Which keys a request maps to, as the middleware computes them: its cache scope, its
+        entry key and its generation keys. `scope` is the ASGI scope an authentication
+        middleware filled (`authenticated` reads its `user`). `LookupError` when no policy
+        matches; `BadRequest`, with the bypass reason, when the request would bypass for what
+        it says (rollout, guard and pending invalidations aside)."""
+        match = self.router.match(method.upper(), path)
+        if match is None or not isinstance(match.rule, Policy):
+            raise LookupError(f"no policy for {method} {path}")
+        request = RequestView(
+            method=method.upper(),
+            path=path,
+            path_params=match.path_params,
+            headers=list(headers),
+            query_string=query_string,
+            body=body,
+            scope=scope,
+        )
+        return self.keying.request(match.rule, request)
 
     async def invalidate(
         self, tenant: str, subject: str | None = None, *, reason: str = "api"
@@ -107,9 +113,17 @@ class CacheGate:
         """Invalidate a tenant's (or one subject's) cached answers; False if kept pending."""
         return await self.invalidator.invalidate(CacheScope(tenant, subject), reason)
 
+    def count_shared(self, outcome: str) -> None:
+        """Count how a wait for an identical computation ended (`shared`, `timeout`, ...)."""
+        self.metrics.single_flight.labels(outcome).inc()
+
+    def experiments(self, app: ASGIApp, policy: Policy) -> Experiments:
+        """The shadow, verify and noise runs of `policy`'s route on `app`."""
+        return Experiments(app, policy, self.results, self.mismatches, self.limits.max_entry_bytes)
+
     def background(self, work: Coroutine[Any, Any, None]) -> bool:
         """Run re-computation work in the background if a slot is free; False if skipped."""
-        if len(self._background) >= self.verify_concurrency:
+        if len(self._background) >= self.limits.verify_concurrency:
             work.close()
             return False
         task = asyncio.get_running_loop().create_task(self._bounded(work))
@@ -121,7 +135,7 @@ class CacheGate:
 
     async def _bounded(self, work: Coroutine[Any, Any, None]) -> None:
         try:
-            async with asyncio.timeout(self.verify_timeout):
+            async with asyncio.timeout(self.limits.verify_timeout):
                 await work
         except Exception:
             return
@@ -130,6 +144,20 @@ class CacheGate:
         """Wait for background work to finish (tests, shutdown)."""
         while self._background:
             await asyncio.gather(*self._background, return_exceptions=True)
+
+    def lifespan(self, receive: Receive) -> Receive:
+        """Wrap an ASGI lifespan `receive`: `start` at startup and `shutdown` at shutdown,
+        before the app sees either message."""
+
+        async def lifespan_receive() -> Message:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                await self.start()
+            elif message["type"] == "lifespan.shutdown":
+                await self.shutdown()
+            return message
+
+        return lifespan_receive
 
     async def start(self) -> None:
         """Prepare the store before the first request (the middleware calls it at lifespan

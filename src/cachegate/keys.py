@@ -57,11 +57,17 @@ def normalize_value(value: object, normalization: Normalization) -> object:
     return value
 
 
+_CANONICAL = json.JSONEncoder(
+    sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+)
+"""One encoder for every key: `json.dumps` with these options would build one per call."""
+
+
 def canonical_json(value: object) -> bytes:
     """Deterministic JSON bytes of a JSON-like value (sorted keys, no spaces, no NaN)."""
-    return json.dumps(
-        value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
-    ).encode("utf-8", "surrogatepass")
+    if not value and isinstance(value, dict):
+        return b"{}"
+    return _CANONICAL.encode(value).encode("utf-8", "surrogatepass")
 
 
 MIN_SECRET_BYTES = 16

@@ -21,8 +21,47 @@ from prometheus_client import (
 from prometheus_client.multiprocess import MultiProcessCollector
 
 from cachegate.comparators import Outcome
+from cachegate.flag_metrics import FLAG_SOURCES, ROLLOUT_FLAGS, FlagMetrics
 from cachegate.rollout import Mode
-from cachegate.vocabulary import BypassReason, CachePath, ComparisonKind, Layer
+from cachegate.store_metrics import (
+    ENCRYPTION_REJECTS,
+    STORE_FAILURES,
+    STORE_OPERATIONS,
+    StoreMetrics,
+)
+from cachegate.stream_metrics import (
+    STREAM_HIT_SOURCES,
+    STREAM_SERVED,
+    TEE_OUTCOMES,
+    StreamMetrics,
+)
+from cachegate.vocabulary import BypassReason, CachePath, ComparisonKind, Layer, UncacheableReason
+
+__all__ = [
+    "BYPASS_REASONS",
+    "COMPARISON_KINDS",
+    "ENCRYPTION_REJECTS",
+    "FLAG_SOURCES",
+    "LAYERS",
+    "MODES",
+    "OUTCOMES",
+    "PATHS",
+    "ROLLOUT_FLAGS",
+    "SINGLE_FLIGHT_OUTCOMES",
+    "STORE_FAILURES",
+    "STORE_OPERATIONS",
+    "STREAM_HIT_SOURCES",
+    "STREAM_SERVED",
+    "TEE_OUTCOMES",
+    "UNCACHEABLE_REASONS",
+    "FlagMetrics",
+    "Metrics",
+    "RouteMetrics",
+    "StoreMetrics",
+    "StreamMetrics",
+    "default_metrics",
+    "exposition",
+]
 
 LAYERS = tuple(layer.value for layer in Layer)
 """Values of `cache_layer`: L1 result cache and L2 embedding cache, as in the original service."""
@@ -31,49 +70,9 @@ PATHS = tuple(path.value for path in CachePath)
 MODES = tuple(mode.value for mode in Mode)
 OUTCOMES = tuple(outcome.value for outcome in Outcome)
 COMPARISON_KINDS = tuple(kind.value for kind in ComparisonKind)
-STORE_OPERATIONS = (
-    "lookup",
-    "generations",
-    "write",
-    "delete",
-    "bump",
-    "get_many",
-    "set_many",
-    "probe",
-)
-STORE_FAILURES = ("error", "timeout", "rejected", "refused")
 BYPASS_REASONS = tuple(reason.value for reason in BypassReason)
-ENCRYPTION_REJECTS = ("unknown_key", "invalid")
 SINGLE_FLIGHT_OUTCOMES = ("shared", "timeout", "not_shared")
-FLAG_SOURCES = ("live", "persisted", "bootstrap", "offline")
-"""Values of `flag_state_source`'s `source` (see `cachegate.flags.Source`)."""
-ROLLOUT_FLAGS = (
-    "cachegate.l1.serve",
-    "cachegate.l1.shadow",
-    "cachegate.l2.serve",
-    "cachegate.l2.shadow",
-)
-"""The flags whose rollout must be sticky on the tenant (`flag_stickiness_overrides`)."""
-UNCACHEABLE_REASONS = (
-    "status",
-    "set_cookie",
-    "cache_control",
-    "streamed",
-    "too_large",
-    "vary",
-    "error",
-    "stream_disconnected",
-    "stream_error",
-    "stream_incomplete",
-    "stream_unterminated",
-    "stream_too_large",
-)
-STREAM_HIT_SOURCES = ("store", "tee")
-"""Where a streamed hit came from: sent from the store, or shared live from a leader."""
-STREAM_SERVED = ("hit", "tee", "fresh")
-"""Values of `served` on the time-to-first-byte histogram of streamed answers."""
-TEE_OUTCOMES = ("complete", "fallback", "diverged")
-"""What became of a follower of a live stream."""
+UNCACHEABLE_REASONS = tuple(reason.value for reason in UncacheableReason)
 
 _LATENCY_BUCKETS = (
     0.0005,
@@ -91,12 +90,16 @@ _LATENCY_BUCKETS = (
     5.0,
     10.0,
 )
-_STORE_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25)
 _SIZE_BUCKETS = tuple(float(2**n) for n in range(6, 24, 2))
 
 
-class Metrics:
-    """All CacheGate metrics, registered once in `registry` under `namespace`."""
+class Metrics(StoreMetrics, StreamMetrics, FlagMetrics):
+    """All CacheGate metrics, registered once in `registry` under `namespace`.
+
+    One object is the telemetry of one cache: the gate, its stores and its embedders are each
+    given it at construction (`metrics=`, by default `default_metrics()`). The store, stream and
+    flag families are defined in their own modules and are part of it.
+    """
 
     def __init__(
         self,
@@ -107,9 +110,12 @@ class Metrics:
         invalidation_reasons: Sequence[str] = (),
     ) -> None:
         self.namespace = namespace
-        self._registry = registry
-        ns = namespace
-        reg = registry
+        self.registry = registry
+        """Where the series are registered (None: nowhere)."""
+        ns, reg = namespace, registry
+        StoreMetrics.__init__(self, namespace=ns, registry=reg)
+        StreamMetrics.__init__(self, namespace=ns, registry=reg, latency_buckets=_LATENCY_BUCKETS)
+        FlagMetrics.__init__(self, namespace=ns, registry=reg)
         self.hits = Counter(
             "cache_hits", "Cache hits.", ["cache_layer"], namespace=ns, registry=reg
         )
@@ -165,34 +171,20 @@ class Metrics:
             namespace=ns,
             registry=reg,
         )
+        self.comparisons_ignored = Counter(
+            "comparisons_ignored",
+            "Comparisons left out because the cache scope was written while the fresh answer "
+            "was computed: the fresh answer moved, so the mismatch says nothing of staleness.",
+            ["cache_layer", "kind"],
+            namespace=ns,
+            registry=reg,
+        )
         self.decisions = Counter(
             "decisions",
             "Per-request decisions by layer and mode.",
             ["cache_layer", "mode"],
             namespace=ns,
             registry=reg,
-        )
-        self.store_duration = Histogram(
-            "store_operation_duration_seconds",
-            "Latency of successful store calls by operation (failures: store_failures_total).",
-            ["operation"],
-            namespace=ns,
-            registry=reg,
-            buckets=_STORE_BUCKETS,
-        )
-        self.store_failures = Counter(
-            "store_failures",
-            "Store calls that failed: error, timeout, or rejected by the open breaker.",
-            ["operation", "kind"],
-            namespace=ns,
-            registry=reg,
-        )
-        self.breaker_open = Gauge(
-            "store_breaker_open",
-            "1 while the store's circuit breaker is open or half-open, else 0.",
-            namespace=ns,
-            registry=reg,
-            multiprocess_mode="livemax",
         )
         self.single_flight = Counter(
             "single_flight_waits",
@@ -230,13 +222,6 @@ class Metrics:
             namespace=ns,
             registry=reg,
         )
-        self.encrypted_rejected = Counter(
-            "encrypted_values_rejected",
-            "Encrypted values read as misses: under an unknown (retired) key, or not authentic.",
-            ["reason"],
-            namespace=ns,
-            registry=reg,
-        )
         self.cost_avoided = Counter(
             "cost_avoided_dollars",
             "Estimated money avoided by hits, in dollars.",
@@ -244,58 +229,6 @@ class Metrics:
             namespace=ns,
             registry=reg,
         )
-        self.flag_state_source = Gauge(
-            "flag_state_source",
-            "1 for where the flag state in use came from: live, persisted, bootstrap, offline.",
-            ["source"],
-            namespace=ns,
-            registry=reg,
-            multiprocess_mode="livemax",
-        )
-        self.flag_state_fetched = Gauge(
-            "flag_state_fetched_timestamp_seconds",
-            "Unix time Unleash last confirmed the flag state in use (0: never); age = time() - it.",
-            namespace=ns,
-            registry=reg,
-            multiprocess_mode="livemin",
-        )
-        self.flag_fetch_failures = Counter(
-            "flag_fetch_failures",
-            "Polls of the Unleash client that got no answer (unreachable, timeout, HTTP error).",
-            namespace=ns,
-            registry=reg,
-        )
-        self.flag_stickiness_overrides = Gauge(
-            "flag_stickiness_overrides",
-            "Rollout strategies of the flag state not sticky on the tenant (decided as if sticky).",
-            ["flag"],
-            namespace=ns,
-            registry=reg,
-            multiprocess_mode="livemax",
-        )
-        self.store_writes_refused = Gauge(
-            "store_writes_refused",
-            "1 while the store refuses writes (full, read-only): no hits are served, else 0.",
-            namespace=ns,
-            registry=reg,
-            multiprocess_mode="livemax",
-        )
-        """Set by `RedisStore` on a refused write, cleared by the next write that succeeds."""
-        self.store_noeviction = Gauge(
-            "store_noeviction",
-            "1 when Redis's maxmemory-policy is noeviction (a full Redis refuses writes).",
-            namespace=ns,
-            registry=reg,
-            multiprocess_mode="livemax",
-        )
-        """Read once at start (`CONFIG GET`); stays 0 when CONFIG is refused (logged)."""
-        self.store_epoch_changes = Counter(
-            "store_epoch_changes",
-            "Redis restarts and failovers seen (run_id or replication id changed).",
-            namespace=ns,
-            registry=reg,
-        )
-        """Each one turned every entry written before it into a miss."""
         self.invalidations_pending = Gauge(
             "invalidations_pending",
             "Invalidations not yet acknowledged by the store (retried; scopes bypass here).",
@@ -311,43 +244,7 @@ class Metrics:
             registry=reg,
         )
         """Their scopes' old entries may be served by other processes until their TTL."""
-        self._add_stream_metrics()
         self._initialise(routes, invalidation_reasons)
-
-    def _add_stream_metrics(self) -> None:
-        """The series of streamed answers (SSE, chunked): hits, time to first byte, the tee."""
-        ns, reg = self.namespace, self._registry
-        self.stream_hits = Counter(
-            "stream_hits",
-            "Streamed answers served from the cache: sent from the store or shared live "
-            "from an identical request's stream (tee).",
-            ["source"],
-            namespace=ns,
-            registry=reg,
-        )
-        self.stream_first_byte = Histogram(
-            "stream_first_byte_seconds",
-            "Time from the request to the first body byte of a streamed answer, by how it was "
-            "served: hit (sent from the store), tee (a leader's live stream), fresh.",
-            ["served"],
-            namespace=ns,
-            registry=reg,
-            buckets=_LATENCY_BUCKETS,
-        )
-        self.stream_followers = Counter(
-            "stream_tee_followers",
-            "Requests that followed a live stream, by outcome: complete, fallback (the leader "
-            "failed; computed on their own) or diverged (their own answer differed; aborted).",
-            ["outcome"],
-            namespace=ns,
-            registry=reg,
-        )
-        for source in STREAM_HIT_SOURCES:
-            self.stream_hits.labels(source)
-        for served in STREAM_SERVED:
-            self.stream_first_byte.labels(served)
-        for outcome in TEE_OUTCOMES:
-            self.stream_followers.labels(outcome)
 
     def _initialise(self, routes: Iterable[str], reasons: Iterable[str]) -> None:
         """Create every known labelled series at zero, so rates and ratios exist from the start."""
@@ -367,28 +264,16 @@ class Metrics:
             for mode in MODES:
                 self.decisions.labels(layer, mode)
             for kind in COMPARISON_KINDS:
+                self.comparisons_ignored.labels(layer, kind)
                 for outcome in OUTCOMES:
                     self.comparisons.labels(layer, kind, outcome)
         for reason in BYPASS_REASONS:
             self.bypasses.labels(reason)
         for reason in UNCACHEABLE_REASONS:
             self.uncacheable.labels(reason)
-        for operation in STORE_OPERATIONS:
-            self.store_duration.labels(operation)
-            for kind in STORE_FAILURES:
-                self.store_failures.labels(operation, kind)
-        for reason in ENCRYPTION_REJECTS:
-            self.encrypted_rejected.labels(reason)
         for outcome in SINGLE_FLIGHT_OUTCOMES:
             self.single_flight.labels(outcome)
-        for source in FLAG_SOURCES:
-            self.flag_state_source.labels(source)
-        for flag in ROLLOUT_FLAGS:
-            self.flag_stickiness_overrides.labels(flag)
         self.initialise_routes(routes, reasons)
-        self.breaker_open.set(0)
-        self.store_writes_refused.set(0)
-        self.store_noeviction.set(0)
         self.invalidations_pending.set(0)
 
     def initialise_routes(self, routes: Iterable[str], reasons: Iterable[str] = ()) -> None:
@@ -422,8 +307,8 @@ class RouteMetrics:
         }
         self._bypasses = {reason: metrics.bypasses.labels(reason) for reason in BYPASS_REASONS}
 
-    def bypass(self, reason: str) -> None:
-        """Count one bypass (a reason outside the known set gets its own series)."""
+    def bypass(self, reason: BypassReason) -> None:
+        """Count one bypass."""
         child = self._bypasses.get(reason)
         if child is None:
             child = self._bypasses[reason] = self.metrics.bypasses.labels(reason)

@@ -1,49 +1,38 @@
-"""`CacheGateMiddleware`: the pure-ASGI entry. It routes, decides and orchestrates; the cache
-logic lives in `results`, `invalidation`, `experiment`, `writes` and the store.
+"""`CacheGateMiddleware`: the pure-ASGI entry. It routes, admits and orchestrates; the cache
+logic lives in `keying`, `results`, `fresh`, `experiment`, `writes`, `singleflight` and the
+store.
 
-Routes without a policy or write rule go to the app untouched. A matched request has its body
-read (capped) and again exactly; the response says what happened in `X-CacheGate`. The cache
-never turns a good request into an error: every store failure falls back to the fresh path.
+Routes without a policy or write rule go to the app untouched. A matched request is admitted
+(tenant, rollout decision, then its body and keys) or bypasses with one reason; the response
+says what happened in `X-CacheGate`. The cache never turns a good request into an error: every
+store failure falls back to the fresh path.
 """
 
 from __future__ import annotations
 
-import inspect
 import time
-from typing import Any
 
-from cachegate import tracing
 from cachegate.body import RequestBody, read_body
-from cachegate.comparators import Outcome
-from cachegate.experiment import Experiment, Observation
+from cachegate.extractors import BadRequest, RequestView, guard_refusal, reads_body
+from cachegate.fresh import Computation
 from cachegate.gate import CacheGate
-from cachegate.policy import (
-    BadRequest,
-    Guard,
-    Match,
-    Policy,
-    RequestView,
-)
+from cachegate.keying import RequestFacts
+from cachegate.policy import Match, Policy
 from cachegate.responses import (
-    ResponseRecorder,
     add_header,
     answer_content,
-    refusal,
     request_refuses_cache,
     send_entry,
     send_stream,
-    storable_headers,
 )
-from cachegate.results import Found, RequestFacts
-from cachegate.rollout import OFF, Decision, Mode, enter_decision, exit_decision
-from cachegate.singleflight import Flight
+from cachegate.results import Found
+from cachegate.rollout import OFF, Mode, enter_decision, exit_decision
+from cachegate.singleflight import Flight, waited
 from cachegate.store.codec import Entry, StreamEntry
-from cachegate.tee import LeaderFailed, LiveStream, Publisher, Resume, StreamDiverged
-from cachegate.types import ASGIApp, Message, Receive, Scope, Send
-from cachegate.vocabulary import ComparisonKind, Layer
+from cachegate.tee import LeaderFailed, LiveStream, Resume, StreamDiverged
+from cachegate.types import ASGIApp, Receive, Scope, Send
+from cachegate.vocabulary import BypassReason, CachePath, Layer
 from cachegate.writes import WriteResponder
-
-SHADOW, VERIFY, NOISE = ComparisonKind.SHADOW, ComparisonKind.VERIFY, ComparisonKind.NOISE
 
 STATE_KEY = "cachegate"
 """The decision is at `request.state.cachegate` (and in `cachegate.current_decision()`)."""
@@ -60,7 +49,7 @@ class CacheGateMiddleware:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             if scope["type"] == "lifespan":
-                receive = self._lifespan(receive)
+                receive = self.gate.lifespan(receive)
             await self.app(scope, receive, send)
             return
         match = self._match(scope["method"], scope["path"])
@@ -72,465 +61,234 @@ class CacheGateMiddleware:
         else:
             await WriteResponder(self.app, self.gate, match.rule, match)(scope, receive, send)
 
-    def _lifespan(self, receive: Receive) -> Receive:
-        """Start the gate (warm the store) at startup and retry pending invalidations at
-        shutdown, before the app sees either message."""
-
-        async def lifespan_receive() -> Message:
-            message = await receive()
-            if message["type"] == "lifespan.startup":
-                await self.gate.start()
-            elif message["type"] == "lifespan.shutdown":
-                await self.gate.shutdown()
-            return message
-
-        return lifespan_receive
-
-
-async def _refusal(guard: Guard, request: RequestView) -> str | None:
-    """Why the policy's guard refuses the request (the app decides), or None if it passes."""
-    try:
-        verdict = guard(request)
-        if inspect.isawaitable(verdict):
-            verdict = await verdict
-    except Exception:
-        return "guard_error"
-    return None if verdict is True else "guard_refused"
-
 
 class CacheResponder:
-    """Handles one request to a cached route: bypass, hit, miss or shadow."""
+    """One request to a cached route: admitted to serve (hit, shared or miss) or shadow, or
+    bypassed. The request's state lives in fields; each step takes only what is new."""
 
     def __init__(self, app: ASGIApp, gate: CacheGate, policy: Policy, match: Match) -> None:
         self.app = app
         self.gate = gate
         self.policy = policy
         self.match = match
-        self.path = "bypass"
+        self.limits = gate.limits
         self.counts = gate.route_metrics[policy.route]
-        self.started = 0.0
-        self.first_byte: float | None = None
+        self.path = CachePath.BYPASS
         self.decision = OFF
         self.tenant: str | None = None
+        self.body: RequestBody | None = None
+        self.scope: Scope = {}
+        self.receive: Receive
+        self.send: Send
+        self.started = 0.0
+        self.computation: Computation | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         self.started = time.perf_counter()
+        self.scope, self.receive, self.send = scope, receive, send
         try:
-            body = await read_body(receive, self.gate.max_body_bytes)
-            again = body.receive_again(receive)
-            admitted = await self._admit(scope, body)
-            _remember(scope, self.decision)
+            admitted = await self._admit()
+            scope.setdefault("state", {})[STATE_KEY] = self.decision
             tokens = enter_decision(self.decision, self.tenant)
             try:
-                if isinstance(admitted, str):
+                if isinstance(admitted, BypassReason):
                     self.counts.bypass(admitted)
-                    await self.app(scope, again, add_header(send, b"bypass"))
+                    await self.app(scope, self.receive, add_header(send, b"bypass"))
                 elif self.decision.l1 is Mode.SERVE:
-                    await self._serve(admitted, self.decision, scope, body, again, send)
+                    await self._serve(admitted)
                 else:
-                    await self._shadow(admitted, scope, body, again, send)
+                    await self._shadow(admitted)
             finally:
                 exit_decision(tokens)
         finally:
             self.counts.duration[self.path].observe(time.perf_counter() - self.started)
 
-    async def _admit(self, scope: Scope, body: RequestBody) -> RequestFacts | str:
-        """The request's facts, or the reason it bypasses (the app answers as it would).
+    async def _admit(self) -> RequestFacts | BypassReason:
+        """The request's facts, or the one reason it bypasses (the app answers as it would).
 
-        Sets the tenant and the decision as soon as they are known, so a bypass after them
-        still carries them to the app's code (the L2 embedder reads them).
+        The tenant and decision come first and are kept as soon as known, so a bypass after
+        them still carries them to the app (the L2 embedder reads them). A request whose layer
+        is off costs no more: its header block is not summed and its body not read (unless the
+        tenant is in the body); the body is read, capped, before anything else needs it.
         """
         gate, policy = self.gate, self.policy
-        if not body.complete:
-            return "body_too_large" if body.too_large else "disconnected"
-        headers = scope.get("headers", [])
-        if sum(len(name) + len(value) for name, value in headers) > gate.max_header_bytes:
-            return "headers_too_large"
-        request = RequestView.of(scope, self.match.path_params, body.body)
+        request = RequestView.of(self.scope, self.match.path_params, b"")
+        if reads_body(policy.tenant) and (unread := await self._read_body(request)):
+            return unread
         try:
-            tenant = gate.results.tenant(policy, request)
+            tenant = gate.keying.tenant(policy, request)
         except BadRequest as error:
             return error.reason
         if tenant is None:
-            return "no_tenant"
+            return BypassReason.NO_TENANT
         self.tenant = tenant
         self.decision = decision = gate.rollout.decide(tenant)
         self.counts.decided(decision.l1, decision.l2)
         if decision.l1 is Mode.OFF:
-            return "mode_off"
+            return BypassReason.MODE_OFF
+        headers = request.headers
+        if sum(len(name) + len(value) for name, value in headers) > self.limits.max_header_bytes:
+            return BypassReason.HEADERS_TOO_LARGE
+        if self.body is None and (unread := await self._read_body(request)):
+            return unread
         if policy.honor_request_no_cache and request_refuses_cache(headers):
-            return "request_no_cache"
-        if policy.guard is not None:
-            refused = await _refusal(policy.guard, request)
-            if refused is not None:
-                return refused
+            return BypassReason.REQUEST_NO_CACHE
+        if policy.guard is not None and (refused := await guard_refusal(policy.guard, request)):
+            return refused
         try:
-            facts = gate.results.facts(policy, request, tenant)
+            facts = gate.keying.facts(policy, request, tenant)
         except BadRequest as error:
             return error.reason
         if gate.invalidator.is_pending(facts.scope):
-            return "invalidation_pending"
+            return BypassReason.INVALIDATION_PENDING
         return facts
 
-    async def _lookup(self, facts: RequestFacts, mode: Mode) -> Found:
-        span = tracing.tracer.start_span("cachegate.lookup")
-        try:
-            found = await self.gate.results.lookup(facts)
-            if span.is_recording():
-                outcome = "error" if found.generations is None else "hit" if found.entry else "miss"
-                span.set_attributes(
-                    {
-                        tracing.LAYER: Layer.RESULT,
-                        tracing.MODE: mode.value,
-                        tracing.ROUTE: facts.policy.route,
-                        tracing.OUTCOME: outcome,
-                    }
-                )
-            return found
-        finally:
-            span.end()
+    async def _read_body(self, request: RequestView) -> BypassReason | None:
+        """Read the body (capped) for the extractors; the app gets exactly what was read."""
+        body = self.body = await read_body(self.receive, self.limits.max_body_bytes)
+        self.receive = body.receive_again(self.receive)
+        if not body.complete:
+            return BypassReason.BODY_TOO_LARGE if body.too_large else BypassReason.DISCONNECTED
+        request.body = body.body
+        return None
 
-    async def _fresh(self, scope: Scope, receive: Receive, recorder: ResponseRecorder) -> None:
-        attributes = {tracing.LAYER: Layer.RESULT, tracing.ROUTE: self.policy.route}
-        with tracing.around_app("cachegate.fresh", attributes) as span:
-            try:
-                await self.app(scope, recorder.watch(receive), recorder)
-            except BaseException as error:
-                recorder.finish(error)
-                if recorder.streaming:
-                    self.gate.metrics.uncacheable.labels(recorder.reason or "stream_error").inc()
-                    self._observe_first_byte("fresh", True)
-                raise
-            recorder.finish()
-            span.set_attribute(tracing.OUTCOME, recorder.reason or "storable")
-        self._observe_first_byte("fresh", recorder.streaming)
-
-    def _recorder(self, send: Send | None, **options: Any) -> ResponseRecorder:
-        """A recorder of a fresh answer under this policy's limits and stream options."""
-        return ResponseRecorder(
-            send, max_bytes=self.gate.max_entry_bytes, streams=self.policy.streams, **options
-        )
-
-    def _timed(self, send: Send) -> Send:
-        """Wrap `send` to note when the first body message goes to the client."""
-
-        async def timed(message: Message) -> None:
-            if self.first_byte is None and message["type"] == "http.response.body":
-                self.first_byte = time.perf_counter()
-            await send(message)
-
-        return timed
-
-    def _observe_first_byte(self, served: str, streamed: bool) -> None:
-        """Count a streamed answer's time to first byte (answers that did not stream do not)."""
-        if streamed and self.first_byte is not None:
-            elapsed = self.first_byte - self.started
-            self.gate.metrics.stream_first_byte.labels(served).observe(elapsed)
-
-    async def _fill(
-        self, facts: RequestFacts, generations: tuple[int, ...], recorder: ResponseRecorder
-    ) -> Entry | None:
-        if not recorder.storable:
-            self.gate.metrics.uncacheable.labels(recorder.reason or "error").inc()
-            return None
-        with tracing.tracer.start_as_current_span("cachegate.store_write") as span:
-            span.set_attributes({tracing.LAYER: Layer.RESULT, tracing.ROUTE: self.policy.route})
-            return await self.gate.results.fill(
-                facts,
-                generations,
-                status=recorder.status,
-                headers=storable_headers(recorder.headers),
-                body=recorder.body,
-                chunks=recorder.chunks,
-            )
-
-    async def _serve(
-        self,
-        facts: RequestFacts,
-        decision: Decision,
-        scope: Scope,
-        body: RequestBody,
-        receive: Receive,
-        send: Send,
-    ) -> None:
-        gate = self.gate
-        found = await self._lookup(facts, Mode.SERVE)
+    async def _serve(self, facts: RequestFacts) -> None:
+        gate, wait = self.gate, self.limits.single_flight_wait
+        found = await gate.results.lookup(facts, Mode.SERVE)
         if found.entry is not None:
-            return await self._hit(found, facts, decision, scope, body, send)
+            return await self._hit(found, facts)
         generations = await gate.results.start_generations(found, facts)
         if generations is None:
-            self.counts.bypass("store_error")
-            await self._without_store(facts, scope, receive, send)
-            return
+            self.counts.bypass(BypassReason.STORE_ERROR)
+            return await self._computation().without_store(facts.key, self.send)
         flight = facts.key + ":" + ",".join(map(str, generations))
         live = gate.live_streams.get(flight)
         if live is not None:
-            gate.metrics.single_flight.labels("shared").inc()
-            return await self._follow(live, facts, generations, scope, receive, send)
-        leading = gate.flights.lead(flight, gate.single_flight_wait)
+            gate.count_shared("shared")
+            return await self._follow(live, facts, generations)
+        leading = gate.flights.lead(flight, wait)
         if leading is None:
-            try:
-                shared = await gate.flights.wait(flight, gate.single_flight_wait)
-            except TimeoutError:
-                shared, outcome = None, "timeout"
-            else:
-                outcome = "not_shared" if shared is None else "shared"
-            gate.metrics.single_flight.labels(outcome).inc()
+            shared = await waited(gate.flights.wait(flight, wait), gate.count_shared)
             if isinstance(shared, LiveStream):
-                return await self._follow(shared, facts, generations, scope, receive, send)
+                return await self._follow(shared, facts, generations)
             if shared is not None:
-                self.path = "shared"  # waited on a leader: not a hit's latency
-                self.counts.hits.inc()
-                self._avoided()
-                await send_entry(send, shared.status, shared.headers, shared.body, b"hit")
-                return
+                self.path = CachePath.SHARED  # waited on a leader: not a hit's latency
+                self._served_from_cache()
+                return await send_entry(self.send, *_response(shared), b"hit")
             self.counts.misses.inc()
-            await self._miss(facts, generations, scope, receive, send)
+            await self._miss(facts, generations, self.send)
             return
         self.counts.misses.inc()
         entry = None
         try:
-            entry = await self._miss(facts, generations, scope, receive, send, leading)
+            entry = await self._miss(facts, generations, self.send, leading)
         finally:
             gate.flights.finish(leading, entry)
 
-    async def _without_store(
-        self, facts: RequestFacts, scope: Scope, receive: Receive, send: Send
-    ) -> None:
-        """The store gave no generations: serve fresh, nothing stored, yet one computation
-        for identical requests in this process: one that starts after they arrived, so it
-        never predates a write their clients saw."""
-        gate = self.gate
-        flight, leads = gate.flights.follow(facts.key)
-        if not leads:
-            try:
-                shared = await gate.flights.join(flight, 2 * gate.single_flight_wait)
-            except TimeoutError:
-                shared, outcome = None, "timeout"
-            else:
-                outcome = "not_shared" if shared is None else "shared"
-            gate.metrics.single_flight.labels(outcome).inc()
-            if isinstance(shared, Entry):
-                await send_entry(send, shared.status, shared.headers, shared.body, b"bypass")
-            else:
-                await self.app(scope, receive, add_header(send, b"bypass"))
-            return
-        entry = None
-        try:
-            await gate.flights.start(flight, gate.single_flight_wait)
-            recorder = ResponseRecorder(send, max_bytes=gate.max_entry_bytes, header=_bypass)
-            await self._fresh(scope, receive, recorder)
-            if recorder.storable:
-                headers = storable_headers(recorder.headers)
-                entry = Entry(recorder.status, headers, recorder.body, ())
-        finally:
-            gate.flights.finish(flight, entry)
+    async def _hit(self, found: Found, facts: RequestFacts) -> None:
+        entry, streams = found.entry, self.policy.streams
+        assert entry is not None
+        self.path = CachePath.HIT
+        self._served_from_cache()
+        if found.chunks and streams is not None:
+            computation = self._computation()
+            pieces = StreamEntry(entry, found.chunks).pieces()
+            timed = computation.timed(self.send)
+            await send_stream(timed, entry.status, entry.headers, pieces, b"hit", streams)
+            self.gate.metrics.stream_hits.labels("store").inc()
+            computation.observe_first_byte("hit", True)
+        else:
+            await send_entry(self.send, *_response(entry), b"hit")
+        if self.decision.verify and self.policy.rerun_safe and self.body is not None:
+            verify = self.gate.experiments(self.app, self.policy).verify
+            self.gate.background(verify(entry, facts, self.scope, self.body))
 
     async def _miss(
         self,
         facts: RequestFacts,
         generations: tuple[int, ...],
-        scope: Scope,
-        receive: Receive,
         send: Send,
         flight: Flight[Entry | LiveStream] | None = None,
     ) -> Entry | None:
         """Compute fresh and store; a leader (`flight`) shares a stream live while it lasts."""
-        self.path = "miss"
+        self.path = CachePath.MISS
+        computation = self._computation()
+        send = computation.timed(send)
         publisher = None
-        send = self._timed(send)
         if flight is not None and self.policy.streams is not None:
-            publisher = Publisher(send, lambda status, headers: self._tee(flight, status, headers))
-            send = publisher
-        recorder = self._recorder(send, header=_miss)
+            send = publisher = computation.publisher(send, flight)
+        recorder = computation.recorder(send, header=b"miss")
         try:
-            await self._fresh(scope, receive, recorder)
-            live = publisher.stream if publisher is not None else None
-            if live is not None:
-                live.close(recorder.storable)
-            return await self._fill(facts, generations, recorder)
-        finally:
+            await computation.run(recorder)
             if publisher is not None and publisher.stream is not None:
+                publisher.stream.close(recorder.storable)
+            return await self.gate.results.store_answer(facts, generations, recorder)
+        finally:
+            if flight is not None and publisher is not None and publisher.stream is not None:
                 publisher.stream.fail()
-                self.gate.live_streams.remove(flight.key if flight else "", publisher.stream)
-
-    def _tee(
-        self, flight: Flight[Entry | LiveStream], status: int, headers: list[tuple[bytes, bytes]]
-    ) -> LiveStream | None:
-        """Open the live stream of a leader's response, if it may be shared: only what may be
-        stored is (status 200, no cookie, no `private`...). Waiting followers join at once."""
-        if refusal(status, headers, streams=True) is not None:
-            return None
-        gate = self.gate
-        live = gate.live_streams.open(
-            flight.key, status, list(storable_headers(headers)), gate.max_entry_bytes
-        )
-        if live is not None:
-            gate.flights.finish(flight, live)
-        return live
+                self.gate.live_streams.remove(flight.key, publisher.stream)
 
     async def _follow(
-        self,
-        live: LiveStream,
-        facts: RequestFacts,
-        generations: tuple[int, ...],
-        scope: Scope,
-        receive: Receive,
-        send: Send,
+        self, live: LiveStream, facts: RequestFacts, generations: tuple[int, ...]
     ) -> None:
         """Relay an identical request's live stream; if it fails, compute on our own."""
         followers = self.gate.metrics.stream_followers
-        self.path = "hit"
+        computation = self._computation()
+        self.path = CachePath.HIT
         try:
-            await live.follow(self._timed(send), b"hit")
+            await live.follow(computation.timed(self.send), b"hit")
         except LeaderFailed as failed:
             followers.labels("fallback").inc()
             self.counts.misses.inc()
             try:
-                await self._miss(facts, generations, scope, receive, Resume(send, failed))
+                await self._miss(facts, generations, Resume(self.send, failed))
             except StreamDiverged:
                 followers.labels("diverged").inc()
                 raise
             return
         followers.labels("complete").inc()
-        self.counts.hits.inc()
+        self._served_from_cache()
         self.gate.metrics.stream_hits.labels("tee").inc()
-        self._avoided()
-        self._observe_first_byte("tee", True)
+        computation.observe_first_byte("tee", True)
 
-    async def _hit(
-        self,
-        found: Found,
-        facts: RequestFacts,
-        decision: Decision,
-        scope: Scope,
-        body: RequestBody,
-        send: Send,
-    ) -> None:
+    async def _shadow(self, facts: RequestFacts) -> None:
+        """Look up, serve fresh, compare when there was an entry, store the fresh answer."""
         gate = self.gate
-        entry = found.entry
-        assert entry is not None
-        self.path = "hit"
-        self.counts.hits.inc()
-        self._avoided()
-        if found.chunks and self.policy.streams is not None:
-            await self._send_stream(StreamEntry(entry, found.chunks), send)
-        else:
-            await send_entry(send, entry.status, entry.headers, entry.body, b"hit")
-        if decision.verify and self.policy.rerun_safe:
-            gate.background(self._verify(entry, facts, scope, body))
-
-    async def _send_stream(self, stream: StreamEntry, send: Send) -> None:
-        """Replay a stored stream in its chunks at the policy's pacing."""
-        streams = self.policy.streams
-        assert streams is not None
-        entry = stream.entry
-        timed = self._timed(send)
-        await send_stream(timed, entry.status, entry.headers, stream.pieces(), b"hit", streams)
-        self.gate.metrics.stream_hits.labels("store").inc()
-        self._observe_first_byte("hit", True)
-
-    def _avoided(self) -> None:
-        """Count one fresh computation, and its cost, avoided by a hit."""
-        self.counts.calls_avoided.inc()
-        if self.policy.cost_per_call:
-            self.counts.cost_avoided.inc(self.policy.cost_per_call)
-
-    async def _verify(
-        self, entry: Entry, facts: RequestFacts, scope: Scope, body: RequestBody
-    ) -> None:
-        """Recompute a served hit in the background and compare; a stale entry is dropped."""
-        recorder = await self._rerun(scope, body)
-        cached = answer_content(entry.body, entry.headers)
-        outcome = await self._compare(VERIFY, cached, recorder, facts, entry.generations)
-        if outcome is Outcome.MISMATCH:
-            await self.gate.results.drop(facts)
-
-    async def _shadow(
-        self,
-        facts: RequestFacts,
-        scope: Scope,
-        body: RequestBody,
-        receive: Receive,
-        send: Send,
-    ) -> None:
-        gate = self.gate
-        self.path = "shadow"
-        found = await self._lookup(facts, Mode.SHADOW)
+        self.path = CachePath.SHADOW
+        found = await gate.results.lookup(facts, Mode.SHADOW)
         generations = await gate.results.start_generations(found, facts)
         label = b"shadow-hit" if found.entry is not None else b"shadow-miss"
         if found.generations is not None:
             result = "hit" if found.entry is not None else "miss"
             gate.metrics.shadow_lookups.labels(Layer.RESULT, result).inc()
-
-        async def header() -> bytes:
-            return label
-
-        recorder = self._recorder(self._timed(send), header=header)
-        await self._fresh(scope, receive, recorder)
-        if found.entry is not None:
-            cached = answer_content(found.entry.body, found.entry.headers)
-            await self._compare(SHADOW, cached, recorder, facts, found.generations)
+        computation = self._computation()
+        recorder = computation.recorder(computation.timed(self.send), header=label)
+        await computation.run(recorder)
+        experiments = gate.experiments(self.app, self.policy)
+        if found.entry is not None and found.generations is not None:
+            await experiments.shadow(found.entry, recorder, facts, found.generations)
         if generations is not None:
-            await self._fill(facts, generations, recorder)
-        if self.policy.rerun_safe and recorder.storable and gate.sample() < gate.noise_sample_rate:
+            await gate.results.store_answer(facts, generations, recorder)
+        noisy = gate.sample() < self.limits.noise_sample_rate
+        if noisy and self.policy.rerun_safe and recorder.storable and self.body is not None:
             fresh = answer_content(recorder.body, recorder.headers)
-            gate.background(self._noise(fresh, scope, body))
+            gate.background(experiments.noise(fresh, self.scope, self.body))
 
-    async def _noise(self, fresh: bytes, scope: Scope, body: RequestBody) -> None:
-        """Compute the same request again and compare fresh with fresh: the noise baseline."""
-        recorder = await self._rerun(scope, body)
-        await self._compare(NOISE, fresh, recorder)
+    def _computation(self) -> Computation:
+        """This request's fresh computation (made once, when first needed)."""
+        if self.computation is None:
+            self.computation = Computation(
+                self.app, self.gate, self.policy, self.scope, self.receive, self.started
+            )
+        return self.computation
 
-    async def _rerun(self, scope: Scope, body: RequestBody) -> ResponseRecorder:
-        """Compute the request again in the background, recorded and judged, never sent."""
-        recorder = self._recorder(None)
-        try:
-            await self.app(_copy(scope), body.rerun(), recorder)
-        except BaseException as error:
-            recorder.finish(error)
-            raise
-        recorder.finish()
-        return recorder
-
-    async def _compare(
-        self,
-        kind: ComparisonKind,
-        cached: bytes,
-        recorder: ResponseRecorder,
-        facts: RequestFacts | None = None,
-        since: tuple[int, ...] | None = None,
-    ) -> Outcome | None:
-        """Run the experiment: the cached (or first fresh) answer against the fresh one just
-        recorded; with `facts`, a write to the scope since `since` explains a mismatch away."""
-        gate = self.gate
-        experiment = Experiment(
-            kind, self.policy.route, self.policy.comparator, gate.metrics, gate.mismatches
-        )
-        fresh = answer_content(recorder.body, recorder.headers) if recorder.storable else None
-        write_during = None
-        if facts is not None and since is not None:
-            checked_facts, checked_since = facts, since
-
-            async def write_during() -> bool:
-                return await gate.results.changed_since(checked_facts, checked_since)
-
-        return await experiment.run(cached, Observation(fresh), write_during=write_during)
+    def _served_from_cache(self) -> None:
+        """Count a hit: one fresh computation, and its cost, avoided."""
+        self.counts.hits.inc()
+        self.counts.calls_avoided.inc()
+        if self.policy.cost_per_call:
+            self.counts.cost_avoided.inc(self.policy.cost_per_call)
 
 
-async def _miss() -> bytes:
-    return b"miss"
-
-
-async def _bypass() -> bytes:
-    return b"bypass"
-
-
-def _copy(scope: Scope) -> Scope:
-    copied = dict(scope)
-    copied["state"] = dict(scope.get("state", {}))
-    return copied
-
-
-def _remember(scope: Scope, decision: Decision) -> None:
-    scope.setdefault("state", {})[STATE_KEY] = decision
+def _response(entry: Entry) -> tuple[int, tuple[tuple[bytes, bytes], ...], bytes]:
+    return entry.status, entry.headers, entry.body

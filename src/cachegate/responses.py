@@ -10,6 +10,7 @@ from email.utils import parsedate_to_datetime
 
 from cachegate.policy import Streams
 from cachegate.types import Headers, Message, Receive, Send
+from cachegate.vocabulary import UncacheableReason
 
 HEADER = b"x-cachegate"
 HOP_BY_HOP = frozenset(
@@ -78,23 +79,23 @@ def request_refuses_cache(headers: Headers) -> bool:
     return bool(cache_control(headers) & _NO_CACHE_REQUEST)
 
 
-def refusal(status: int, headers: Headers, *, streams: bool = False) -> str | None:
+def refusal(status: int, headers: Headers, *, streams: bool = False) -> UncacheableReason | None:
     """Why a response must not be stored, judged at its start; None if it may be.
 
     An event stream is refused (`streamed`) unless the policy caches `streams`.
     """
     if status != 200:
-        return "status"
+        return UncacheableReason.STATUS
     for name, value in headers:
         lowered = name.lower()
         if lowered in (b"set-cookie", b"set-cookie2"):
-            return "set_cookie"
+            return UncacheableReason.SET_COOKIE
         if not streams and lowered == b"content-type" and _event_stream(value):
-            return "streamed"
+            return UncacheableReason.STREAMED
         if lowered == b"vary":
-            return "vary"
+            return UncacheableReason.VARY
     if _response_refuses_storage(headers):
-        return "cache_control"
+        return UncacheableReason.CACHE_CONTROL
     return None
 
 
@@ -124,7 +125,7 @@ class ResponseRecorder:
         send: Send | None,
         *,
         max_bytes: int,
-        header: Callable[[], Awaitable[bytes | None]] | None = None,
+        header: bytes | None = None,
         streams: Streams | None = None,
         clock: Callable[[], float] = time.perf_counter,
     ) -> None:
@@ -138,7 +139,7 @@ class ResponseRecorder:
         self.started = False
         self.complete = False
         self.disconnected = False
-        self.reason: str | None = None
+        self.reason: UncacheableReason | None = None
         self._chunks: list[bytes] = []
         self._offsets: list[int] = []
         self._size = 0
@@ -169,7 +170,7 @@ class ResponseRecorder:
 
     async def __call__(self, message: Message) -> None:
         if message["type"] == "http.response.start":
-            await self._start(message)
+            self._start(message)
         elif message["type"] == "http.response.body":
             self._body(message)
         if self._send is not None:
@@ -177,7 +178,11 @@ class ResponseRecorder:
                 await self._send(message)
             except OSError:
                 self.disconnected = True
-                self._drop("stream_disconnected" if self._streaming else "error")
+                self._drop(
+                    UncacheableReason.STREAM_DISCONNECTED
+                    if self._streaming
+                    else UncacheableReason.ERROR
+                )
                 raise
 
     def watch(self, receive: Receive) -> Receive:
@@ -196,15 +201,15 @@ class ResponseRecorder:
         if not self._streaming:
             return
         if error is not None:
-            self._drop("stream_error")
+            self._drop(UncacheableReason.STREAM_ERROR)
         elif self.disconnected and not self.complete:
-            self._drop("stream_disconnected")
+            self._drop(UncacheableReason.STREAM_DISCONNECTED)
         elif not self.complete:
-            self._drop("stream_incomplete")
+            self._drop(UncacheableReason.STREAM_INCOMPLETE)
         elif self._streams is not None and not self._streams.terminated(self.body):
-            self._drop("stream_unterminated")
+            self._drop(UncacheableReason.STREAM_UNTERMINATED)
 
-    async def _start(self, message: Message) -> None:
+    def _start(self, message: Message) -> None:
         self.started = True
         self._began = self._clock()
         self.status = int(message["status"])
@@ -214,10 +219,8 @@ class ResponseRecorder:
             name.lower() == b"content-type" and _event_stream(value) for name, value in self.headers
         ):
             self._streaming = True
-        if self._header is not None and self.reason != "streamed":
-            value = await self._header()
-            if value is not None:
-                message["headers"] = [*self.headers, (HEADER, value)]
+        if self._header is not None and self.reason is not UncacheableReason.STREAMED:
+            message["headers"] = [*self.headers, (HEADER, self._header)]
 
     def _body(self, message: Message) -> None:
         more = bool(message.get("more_body", False))
@@ -226,7 +229,7 @@ class ResponseRecorder:
         if more and not self._streaming:
             self._streaming = True
             if self._streams is None:
-                self._drop("streamed")
+                self._drop(UncacheableReason.STREAMED)
         if not more:
             self.complete = True
         if self.reason is not None:
@@ -234,12 +237,16 @@ class ResponseRecorder:
         chunk = bytes(message.get("body", b""))
         self._size += len(chunk)
         if self._size > self._max_bytes:
-            self._drop("stream_too_large" if self._streaming else "too_large")
+            self._drop(
+                UncacheableReason.STREAM_TOO_LARGE
+                if self._streaming
+                else UncacheableReason.TOO_LARGE
+            )
             return
         self._chunks.append(chunk)
         self._offsets.append(round((self._clock() - self._began) * 1_000_000))
 
-    def _drop(self, reason: str) -> None:
+    def _drop(self, reason: UncacheableReason) -> None:
         if self.reason is None:
             self.reason = reason
         self._chunks.clear()

@@ -1,12 +1,15 @@
-"""The L1 result cache: keying a request, looking up its entry, and storing a fresh answer."""
+"""The L1 result cache: looking up a request's entry, and storing a fresh answer under the
+generations read before it was computed."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from cachegate.keys import CacheScope, KeySpace, normalize_value
+from cachegate import tracing
+from cachegate.keying import RequestFacts
 from cachegate.metrics import Metrics
-from cachegate.policy import BadRequest, Extractor, Policy, RequestView, scope_text
+from cachegate.responses import ResponseRecorder, storable_headers
+from cachegate.rollout import Mode
 from cachegate.store.base import MISSING_GENERATION, Store, StoreError
 from cachegate.store.codec import (
     CorruptEntry,
@@ -16,17 +19,7 @@ from cachegate.store.codec import (
     encode_entry,
     encode_stream_entry,
 )
-from cachegate.vocabulary import Layer
-
-
-@dataclass(frozen=True, slots=True)
-class RequestFacts:
-    """What the cache knows of one request: its policy, scope, entry key and generations."""
-
-    policy: Policy
-    scope: CacheScope
-    key: str
-    generation_keys: tuple[str, ...]
+from cachegate.vocabulary import Layer, UncacheableReason
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,44 +41,34 @@ class ResultCache:
     def __init__(
         self,
         store: Store,
-        keyspace: KeySpace,
         *,
         metrics: Metrics,
         max_entry_bytes: int,
     ) -> None:
         self.store = store
-        self.keyspace = keyspace
         self.metrics = metrics
         self.max_entry_bytes = max_entry_bytes
 
-    def tenant(self, policy: Policy, request: RequestView) -> str | None:
-        """The request's tenant, or None (it bypasses). `BadRequest` if it cannot be read."""
-        return scope_text(_extract(policy.tenant, request))
-
-    def facts(self, policy: Policy, request: RequestView, tenant: str) -> RequestFacts:
-        """Key the request. `BadRequest` when its key material cannot be read."""
-        subject = None
-        if policy.subject is not None:
-            subject = scope_text(_extract(policy.subject, request))
-        scope = CacheScope(tenant, subject)
+    async def lookup(self, facts: RequestFacts, mode: Mode) -> Found:
+        """`find` in a `cachegate.lookup` span (the request's `mode`, its outcome)."""
+        span = tracing.tracer.start_span("cachegate.lookup")
         try:
-            material = {
-                name: normalize_value(_extract(extractor, request), policy.normalization)
-                for name, extractor in policy.key.items()
-            }
-            key = self.keyspace.entry_key(
-                scope,
-                route=policy.route,
-                method=request.method,
-                material=material,
-                path_params=request.path_params,
-            )
-        except (TypeError, ValueError, RecursionError) as error:
-            # deeply nested JSON parses, but normalising or encoding it can recurse too deep
-            raise BadRequest("extractor_error") from error
-        return RequestFacts(policy, scope, key, self.keyspace.generation_keys(scope))
+            found = await self.find(facts)
+            if span.is_recording():
+                outcome = "error" if found.generations is None else "hit" if found.entry else "miss"
+                span.set_attributes(
+                    {
+                        tracing.LAYER: Layer.RESULT,
+                        tracing.MODE: mode.value,
+                        tracing.ROUTE: facts.policy.route,
+                        tracing.OUTCOME: outcome,
+                    }
+                )
+            return found
+        finally:
+            span.end()
 
-    async def lookup(self, facts: RequestFacts) -> Found:
+    async def find(self, facts: RequestFacts) -> Found:
         """One round trip: the entry if it exists, decodes and is as new as its generations.
 
         The generations an entry records end with the store's epoch, so an entry written
@@ -128,6 +111,25 @@ class ResultCache:
         except StoreError:
             return None
 
+    async def store_answer(
+        self, facts: RequestFacts, generations: tuple[int, ...], recorder: ResponseRecorder
+    ) -> Entry | None:
+        """Store a recorded fresh answer if it may be stored (else count why it is not), in a
+        `cachegate.store_write` span; the entry, or None when nothing was stored."""
+        if not recorder.storable:
+            self.metrics.uncacheable.labels(recorder.reason or UncacheableReason.ERROR).inc()
+            return None
+        with tracing.tracer.start_as_current_span("cachegate.store_write") as span:
+            span.set_attributes({tracing.LAYER: Layer.RESULT, tracing.ROUTE: facts.policy.route})
+            return await self.fill(
+                facts,
+                generations,
+                status=recorder.status,
+                headers=storable_headers(recorder.headers),
+                body=recorder.body,
+                chunks=recorder.chunks,
+            )
+
     async def fill(
         self,
         facts: RequestFacts,
@@ -143,7 +145,9 @@ class ResultCache:
         entry = Entry(status, headers, body, generations)
         data = encode_stream_entry(StreamEntry(entry, chunks)) if chunks else encode_entry(entry)
         if len(data) > self.max_entry_bytes:
-            self.metrics.uncacheable.labels("stream_too_large" if chunks else "too_large").inc()
+            self.metrics.uncacheable.labels(
+                UncacheableReason.STREAM_TOO_LARGE if chunks else UncacheableReason.TOO_LARGE
+            ).inc()
             return None
         self.metrics.entry_size.labels(Layer.RESULT).observe(len(data))
         try:
@@ -169,13 +173,3 @@ class ResultCache:
             await self.store.delete(key)
         except StoreError:
             return
-
-
-def _extract(extractor: Extractor, request: RequestView) -> object:
-    """Call an extractor; anything but `BadRequest` it raises is an `extractor_error`."""
-    try:
-        return extractor(request)
-    except BadRequest:
-        raise
-    except Exception as error:
-        raise BadRequest("extractor_error") from error

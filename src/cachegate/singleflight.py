@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
@@ -109,3 +109,15 @@ class SingleFlight(Generic[T]):
                 del table[flight.key]
         if not flight.future.done():
             flight.future.set_result(result)
+
+
+async def waited(waiting: Awaitable[T], count: Callable[[str], None]) -> T | None:
+    """A waiter's result: what its leader shared, or None (on a timeout too: compute on your
+    own); `count` hears how the wait ended (`shared`, `not_shared`, `timeout`)."""
+    try:
+        shared = await waiting
+    except TimeoutError:
+        count("timeout")
+        return None
+    count("not_shared" if shared is None else "shared")
+    return shared

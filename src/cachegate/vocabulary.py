@@ -61,3 +61,20 @@ class BypassReason(StrEnum):
     INVALID_VALUE = "invalid_value"
     BODY_NOT_OBJECT = "body_not_object"
     NOT_JSON = "not_json"
+
+
+class UncacheableReason(StrEnum):
+    """Why a fresh response was served but not stored."""
+
+    STATUS = "status"
+    SET_COOKIE = "set_cookie"
+    CACHE_CONTROL = "cache_control"
+    STREAMED = "streamed"
+    TOO_LARGE = "too_large"
+    VARY = "vary"
+    ERROR = "error"
+    STREAM_DISCONNECTED = "stream_disconnected"
+    STREAM_ERROR = "stream_error"
+    STREAM_INCOMPLETE = "stream_incomplete"
+    STREAM_UNTERMINATED = "stream_unterminated"
+    STREAM_TOO_LARGE = "stream_too_large"

@@ -14,6 +14,7 @@ from cachegate.gate import CacheGate
 from cachegate.keys import CacheScope
 from cachegate.policy import Match, WriteRule
 from cachegate.types import ASGIApp, Message, Receive, Scope, Send
+from cachegate.vocabulary import BypassReason
 
 
 class WriteResponder:
@@ -33,11 +34,11 @@ class WriteResponder:
         background work."""
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        body = await read_body(receive, self.gate.max_body_bytes)
+        body = await read_body(receive, self.gate.limits.max_body_bytes)
         request = RequestView.of(scope, self.match.path_params, body.body)
         tenants = _write_tenants(self.rule.tenant, request)
         if not tenants:
-            self.gate.metrics.bypasses.labels("no_tenant").inc()
+            self.gate.metrics.bypasses.labels(BypassReason.NO_TENANT).inc()
             await self.app(scope, body.receive_again(receive), send)
             return
         subject = None
@@ -48,7 +49,7 @@ class WriteResponder:
             for tenant in tenants:
                 await self._invalidate(tenant, subject, held)
 
-        held = HeldResponse(send, self.gate.max_entry_bytes, release)
+        held = HeldResponse(send, self.gate.limits.max_entry_bytes, release)
         try:
             await self.app(scope, body.receive_again(receive), held)
         finally:

@@ -1,7 +1,8 @@
 """The service the middleware tests cache: a Starlette or FastAPI app with an expensive query
 route, routes that produce every kind of uncacheable response, and session writes.
 
-`Harness` mounts `CacheGateMiddleware` on it with a fresh metrics registry and an httpx client.
+`Harness` mounts `CacheGateMiddleware` on it with an httpx client, counting into a fresh metrics
+registry (or into the metrics its store was built with).
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ from typing import Any
 
 import httpx
 from fastapi import FastAPI
-from prometheus_client import CollectorRegistry
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
@@ -23,7 +23,6 @@ from starlette.routing import Route
 from cachegate import (
     CacheGate,
     CacheGateMiddleware,
-    Metrics,
     Policy,
     WriteRule,
     body_field,
@@ -32,6 +31,7 @@ from cachegate import (
 )
 from cachegate.demo.app import write_rules
 from cachegate.store import MemoryStore, Store
+from support.stores import metrics_for
 
 TENANT_HEADER = "X-Tenant"
 FRAMEWORKS = ("starlette", "fastapi")
@@ -264,10 +264,11 @@ class Harness:
         service: Service | None = None,
         **gate_options: Any,
     ) -> None:
-        self.registry = CollectorRegistry()
-        self.metrics = Metrics(registry=self.registry)
         self.service = service if service is not None else Service()
         self.store = store if store is not None else MemoryStore()
+        self.metrics = metrics_for(self.store)
+        assert self.metrics.registry is not None
+        self.registry = self.metrics.registry
         self.gate = CacheGate(
             policies=list(policies) if policies is not None else [query_policy(), refusal_policy()],
             write_rules=list(write_rules) if write_rules is not None else session_rules(),

@@ -1,8 +1,8 @@
-"""`cachegate rollout status|step|run|rollback` for a plan of tracks (one decision per track).
+"""`cachegate rollout status|step|run|rollback` over a plan of stages or of tracks.
 
-The command line parses the arguments and, when the plan has `[[tracks]]`, hands them here; a
-plan of whole stages is run by the command line as before. Kept beside the controller so the
-command line only decides which one runs.
+The command line parses the arguments and loads the plan; this runs the action with the
+controller the plan needs (`Controller` for whole stages, `TrackController` for tracks), both
+seen as the decisions of one step: one for a stage plan, one per track for a track plan.
 """
 
 from __future__ import annotations
@@ -11,50 +11,103 @@ import argparse
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import replace
-from typing import TextIO
+from dataclasses import dataclass, replace
+from typing import Protocol, TextIO
 
 from cachegate.autopilot import report
-from cachegate.autopilot.controller import Action, Decision
+from cachegate.autopilot.controller import Controller
+from cachegate.autopilot.decision import Action, Decision
 from cachegate.autopilot.layers import UnleashLayers
 from cachegate.autopilot.plan import Plan
 from cachegate.autopilot.prometheus import PrometheusReader
 from cachegate.autopilot.telemetry import AutopilotMetrics, default_autopilot_metrics
 from cachegate.autopilot.tracks import TrackController
+from cachegate.autopilot.unleash import UnleashStages
 from cachegate.flags.admin import FlagAdminError
 
-__all__ = ["rollout_tracks"]
+__all__ = ["DEFAULT_PROMETHEUS", "emit", "rollout_command", "stage_controller"]
 
 OK, FAILED = 0, 1
+DEFAULT_PROMETHEUS = "http://127.0.0.1:9090"
 
 
-def rollout_tracks(
+class _Steps(Protocol):
+    """A controller as the command drives it: every call gives the decisions of one step."""
+
+    @property
+    def plan(self) -> Plan: ...
+
+    def status(self) -> tuple[Decision, ...]: ...
+
+    def step(self) -> tuple[Decision, ...]: ...
+
+    def rollback(self, track: str | None, *, kill_switch: bool) -> Decision: ...
+
+
+@dataclass(frozen=True, slots=True)
+class _StageSteps:
+    """A stage `Controller` as `_Steps`: one decision a step; a rollback names no track."""
+
+    controller: Controller
+
+    @property
+    def plan(self) -> Plan:
+        return self.controller.plan
+
+    def status(self) -> tuple[Decision, ...]:
+        return (self.controller.status(),)
+
+    def step(self) -> tuple[Decision, ...]:
+        return (self.controller.step(),)
+
+    def rollback(self, track: str | None, *, kill_switch: bool) -> Decision:
+        return self.controller.rollback(kill_switch=kill_switch)
+
+
+def stage_controller(
+    plan: Plan, args: argparse.Namespace, admin_token: str, *, dry_run: bool = False
+) -> tuple[Controller, PrometheusReader]:
+    """The controller of a stage plan over Prometheus (`args.prometheus`) and Unleash
+    (`args.unleash_url`, `args.project`, `args.environment`), and its reader to close."""
+    reader = PrometheusReader(args.prometheus or DEFAULT_PROMETHEUS)
+    stages = UnleashStages(
+        args.unleash_url, admin_token, project=args.project, environment=args.environment
+    )
+    return Controller(plan, reader, stages, dry_run=dry_run), reader
+
+
+def rollout_command(
     args: argparse.Namespace, plan: Plan, admin_token: str, err: TextIO, out: TextIO | None = None
 ) -> int:
-    """Run one `rollout` action over the tracks of `plan`; 1 after a rollback, a timeout or an
-    Unleash failure, 0 otherwise."""
+    """Run one `rollout` action over `plan`; 1 after a rollback, a timeout or an Unleash
+    failure, 0 otherwise."""
     out = out if out is not None else sys.stdout
     if args.interval is not None:
         plan = replace(plan, interval=args.interval)
-    reader = PrometheusReader(args.prometheus or "http://127.0.0.1:9090")
-    layers = UnleashLayers(
-        args.unleash_url, admin_token, plan, project=args.project, environment=args.environment
-    )
-    tracks = TrackController(plan, reader, layers, dry_run=args.dry_run)
+    steps: _Steps
+    if plan.tracks:
+        reader = PrometheusReader(args.prometheus or DEFAULT_PROMETHEUS)
+        layers = UnleashLayers(
+            args.unleash_url, admin_token, plan, project=args.project, environment=args.environment
+        )
+        steps = TrackController(plan, reader, layers, dry_run=args.dry_run)
+    else:
+        controller, reader = stage_controller(plan, args, admin_token, dry_run=args.dry_run)
+        steps = _StageSteps(controller)
     metrics = _metrics(args, plan)
     colour = out.isatty() and not args.json
     try:
         if args.action == "run":
-            return _run(tracks, args, metrics, out, colour=colour)
+            return _run(steps, args, metrics, out, colour=colour)
         if args.action == "status":
-            decisions = tracks.status()
+            decisions = steps.status()
         elif args.action == "step":
-            decisions = tracks.step()
+            decisions = steps.step()
         else:
             decisions = (
-                tracks.rollback(getattr(args, "track", None), kill_switch=args.kill_switch),
+                steps.rollback(getattr(args, "track", None), kill_switch=args.kill_switch),
             )
-        _emit(decisions, metrics, out, as_json=args.json, colour=colour)
+        emit(decisions, metrics, out, as_json=args.json, colour=colour)
         if args.action == "step" and any(d.action is Action.ROLLBACK for d in decisions):
             return FAILED
     except (FlagAdminError, KeyError) as error:
@@ -65,17 +118,7 @@ def rollout_tracks(
     return OK
 
 
-def _metrics(args: argparse.Namespace, plan: Plan) -> AutopilotMetrics | None:
-    if not getattr(args, "metrics_port", None):
-        return None
-    from prometheus_client import start_http_server
-
-    metrics = default_autopilot_metrics((), {t.name: t.names for t in plan.tracks})
-    start_http_server(args.metrics_port, addr=args.metrics_host)
-    return metrics
-
-
-def _emit(
+def emit(
     decisions: Sequence[Decision],
     metrics: AutopilotMetrics | None,
     out: TextIO,
@@ -83,6 +126,7 @@ def _emit(
     as_json: bool,
     colour: bool,
 ) -> None:
+    """Count `decisions` in `metrics` (if any) and write them: JSON lines or tables."""
     for decision in decisions:
         if metrics is not None:
             metrics.record(decision)
@@ -93,23 +137,34 @@ def _emit(
     out.flush()
 
 
+def _metrics(args: argparse.Namespace, plan: Plan) -> AutopilotMetrics | None:
+    if not getattr(args, "metrics_port", None):
+        return None
+    from prometheus_client import start_http_server
+
+    metrics = default_autopilot_metrics(plan.names, {t.name: t.names for t in plan.tracks})
+    start_http_server(args.metrics_port, addr=args.metrics_host)
+    return metrics
+
+
 def _run(
-    tracks: TrackController,
+    steps: _Steps,
     args: argparse.Namespace,
     metrics: AutopilotMetrics | None,
     out: TextIO,
     *,
     colour: bool,
 ) -> int:
-    """Step every interval until every track is complete (0), a rollback (1) or `--timeout`."""
+    """Step every interval until the last stage or every track's last state (0), a rollback
+    (1) or `--timeout` (1)."""
     deadline = None if args.timeout is None else time.monotonic() + args.timeout
     while True:
-        decisions = tracks.step()
-        _emit(decisions, metrics, out, as_json=args.json, colour=colour)
+        decisions = steps.step()
+        emit(decisions, metrics, out, as_json=args.json, colour=colour)
         if all(d.action is Action.COMPLETE for d in decisions):
             return OK
         if any(d.action is Action.ROLLBACK for d in decisions):
             return FAILED
         if deadline is not None and time.monotonic() >= deadline:
             return FAILED
-        time.sleep(tracks.plan.interval)
+        time.sleep(steps.plan.interval)

@@ -9,6 +9,7 @@ outside it, and holds (undecided) in between. Failure limits are counted by the 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
 from string import Template
@@ -81,23 +82,23 @@ def _percent(value: float) -> str:
     return f"{value * 100:.2f} %"
 
 
+class _Held(Exception):
+    """A gate holds before its verdict (no usable figure, too small a sample): its result."""
+
+    def __init__(self, result: GateResult) -> None:
+        super().__init__(result.reason)
+        self.result = result
+
+
+@dataclass(frozen=True, slots=True)
 class _Evaluation:
     """The evaluation of one gate, with the reader, window and selector fixed."""
 
-    def __init__(
-        self,
-        spec: GateSpec,
-        reader: MetricsReader,
-        *,
-        window: float,
-        selector: str,
-        baseline_at: float | None,
-    ) -> None:
-        self.spec = spec
-        self.reader = reader
-        self.window = window
-        self.selector = selector
-        self.baseline_at = baseline_at
+    spec: GateSpec
+    reader: MetricsReader
+    window: float
+    selector: str
+    baseline_at: float | None
 
     def read(self, query: str, *, at: float | None = None) -> float | None:
         return self.reader.query(
@@ -114,23 +115,20 @@ class _Evaluation:
             **figures,
         )
 
-    def hold_without(self, what: str, value: float | None) -> GateResult | None:
-        """A hold for a missing or NaN figure, or None when the figure is usable."""
+    def usable(self, what: str, value: float | None) -> float:
+        """`value`, or a hold (raised) when it is missing or NaN."""
         if value is None:
-            return self.result(Verdict.HOLD, f"no data for {what}")
+            raise _Held(self.result(Verdict.HOLD, f"no data for {what}"))
         if _missing(value):
-            return self.result(Verdict.HOLD, f"{what} is {value} (no usable data)")
-        return None
+            raise _Held(self.result(Verdict.HOLD, f"{what} is {value} (no usable data)"))
+        return value
 
-    def hold_small(self, sample: float) -> GateResult | None:
-        """A hold for a sample below the gate's minimum, or None."""
-        if sample < max(self.spec.min_sample, 1):
-            return self.result(
-                Verdict.HOLD,
-                f"too small a sample: {sample:.0f} < {max(self.spec.min_sample, 1)}",
-                sample=sample,
-            )
-        return None
+    def enough(self, sample: float, reason: str | None = None) -> None:
+        """Nothing, or a hold (raised) for a sample below the gate's minimum."""
+        least = max(self.spec.min_sample, 1)
+        if sample < least:
+            why = reason or f"too small a sample: {sample:.0f} < {least}"
+            raise _Held(self.result(Verdict.HOLD, why, sample=sample))
 
     def agreement(self) -> GateResult:
         spec = self.spec
@@ -140,16 +138,11 @@ class _Evaluation:
         def count(kinds: str, outcomes: str) -> str:
             return f"sum(increase({base % (spec.layer, kinds, outcomes)}[$window]))"
 
-        mismatches = self.read(count("shadow|verify", "mismatch"))
-        compared = self.read(count("shadow|verify", "match|mismatch"))
-        for what, value in (("comparisons", compared), ("mismatches", mismatches)):
-            held = self.hold_without(f"{what} ({spec.layer})", value)
-            if held is not None:
-                return held
-        assert mismatches is not None and compared is not None
-        small = self.hold_small(compared)
-        if small is not None:
-            return small
+        raw_mismatches = self.read(count("shadow|verify", "mismatch"))
+        raw_compared = self.read(count("shadow|verify", "match|mismatch"))
+        compared = self.usable(f"comparisons ({spec.layer})", raw_compared)
+        mismatches = self.usable(f"mismatches ({spec.layer})", raw_mismatches)
+        self.enough(compared)
         noise_mismatches = self.read(count("noise", "mismatch"))
         noise_compared = self.read(count("noise", "match|mismatch"))
         noise_low = noise_high = noise = 0.0
@@ -193,16 +186,10 @@ class _Evaluation:
     def proportion(self) -> GateResult:
         spec = self.spec
         assert spec.events is not None and spec.total is not None
-        events = self.read(spec.events)
-        total = self.read(spec.total)
-        for what, value in (("total", total), ("events", events)):
-            held = self.hold_without(what, value)
-            if held is not None:
-                return held
-        assert events is not None and total is not None
-        small = self.hold_small(total)
-        if small is not None:
-            return small
+        raw_events, raw_total = self.read(spec.events), self.read(spec.total)
+        total = self.usable("total", raw_total)
+        events = self.usable("events", raw_events)
+        self.enough(total)
         low, high = wilson_interval(events, total, spec.confidence)
         rate = min(max(events / total, 0.0), 1.0)
         if spec.max is not None:
@@ -235,11 +222,7 @@ class _Evaluation:
     def threshold(self) -> GateResult:
         spec = self.spec
         assert spec.value is not None
-        value = self.read(spec.value)
-        held = self.hold_without("the value", value)
-        if held is not None:
-            return held
-        assert value is not None
+        value = self.usable("the value", self.read(spec.value))
         if spec.max is not None:
             figures = {"figure": value, "bound": value, "threshold": spec.max}
             if value <= spec.max:
@@ -255,19 +238,9 @@ class _Evaluation:
         spec = self.spec
         assert spec.value is not None and spec.count is not None
         assert spec.max_increase is not None
-        count = self.read(spec.count)
-        held = self.hold_without("the request count", count)
-        if held is not None:
-            return held
-        assert count is not None
-        small = self.hold_small(count)
-        if small is not None:
-            return small
-        value = self.read(spec.value)
-        held = self.hold_without("the value", value)
-        if held is not None:
-            return held
-        assert value is not None
+        count = self.usable("the request count", self.read(spec.count))
+        self.enough(count)
+        value = self.usable("the value", self.read(spec.value))
         if self.baseline_at is None:
             return self.result(Verdict.HOLD, "no stage before to compare with", figure=value)
         baseline = self.read(spec.value, at=self.baseline_at)
@@ -291,18 +264,8 @@ class _Evaluation:
 
     def sample(self) -> GateResult:
         assert self.spec.count is not None
-        count = self.read(self.spec.count)
-        held = self.hold_without("the request count", count)
-        if held is not None:
-            return held
-        assert count is not None
-        small = self.hold_small(count)
-        if small is not None:
-            return self.result(
-                Verdict.HOLD,
-                f"too little traffic: {count:.0f} < {self.spec.min_sample}",
-                sample=count,
-            )
+        count = self.usable("the request count", self.read(self.spec.count))
+        self.enough(count, f"too little traffic: {count:.0f} < {self.spec.min_sample}")
         return self.result(
             Verdict.PASS, f"{count:.0f} requests >= {self.spec.min_sample}", sample=count
         )
@@ -321,15 +284,17 @@ def evaluate(
     `baseline_at` (unix time the stage began) is where comparison gates read the stage before.
     Raises `MetricsUnavailable` when the reader cannot answer; the controller turns it into a hold.
     """
-    evaluation = _Evaluation(
-        spec, reader, window=window, selector=selector, baseline_at=baseline_at
-    )
-    if spec.kind is GateKind.AGREEMENT:
-        return evaluation.agreement()
-    if spec.kind is GateKind.PROPORTION:
-        return evaluation.proportion()
-    if spec.kind is GateKind.THRESHOLD:
-        return evaluation.threshold()
-    if spec.kind is GateKind.COMPARISON:
-        return evaluation.comparison()
-    return evaluation.sample()
+    evaluation = _Evaluation(spec, reader, window, selector, baseline_at)
+    try:
+        return _KINDS[spec.kind](evaluation)
+    except _Held as held:
+        return held.result
+
+
+_KINDS: dict[GateKind, Callable[[_Evaluation], GateResult]] = {
+    GateKind.AGREEMENT: _Evaluation.agreement,
+    GateKind.PROPORTION: _Evaluation.proportion,
+    GateKind.THRESHOLD: _Evaluation.threshold,
+    GateKind.COMPARISON: _Evaluation.comparison,
+    GateKind.SAMPLE: _Evaluation.sample,
+}

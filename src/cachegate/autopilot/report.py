@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from cachegate.autopilot.controller import Decision
+from cachegate.autopilot.decision import Decision
 from cachegate.autopilot.gates import GateResult
 from cachegate.autopilot.plan import Plan, StagePlan, TrackState
 

@@ -10,23 +10,24 @@ The kill switch always wins: while it is on, every track holds with code `kill_s
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Protocol
 
-from cachegate.autopilot.controller import KILL_SWITCH, Action, Decision, not_yet
-from cachegate.autopilot.gates import (
-    GateResult,
-    MetricsReader,
-    MetricsUnavailable,
-    Verdict,
-    evaluate,
+from cachegate.autopilot.decision import (
+    KILL_SWITCH,
+    Action,
+    Autopilot,
+    Decision,
+    Failures,
 )
 from cachegate.autopilot.layers import LayersView, TrackView
-from cachegate.autopilot.plan import OnFail, Plan, PlanError, TrackPlan, TrackState
+from cachegate.autopilot.plan import PlanError, TrackPlan, TrackState
 
 __all__ = ["LayerStore", "TrackController"]
+
+_KILL_SWITCH_ON = "the kill switch is on: every track holds until a person turns it off"
+_KILLED_BEFORE_MOVE = "the kill switch went on before the move: nothing moved"
 
 
 class LayerStore(Protocol):
@@ -47,16 +48,11 @@ class LayerStore(Protocol):
 
 
 @dataclass
-class TrackController:
+class TrackController(Autopilot):
     """Evaluates each track's current state and advances, holds or rolls it back."""
 
-    plan: Plan
-    reader: MetricsReader
     store: LayerStore
-    clock: Callable[[], float] = time.time
-    dry_run: bool = False
-    _failures: dict[str, dict[str, int]] = field(default_factory=dict)
-    _failures_state: dict[str, str | None] = field(default_factory=dict)
+    _failures: dict[str, Failures] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not self.plan.tracks:
@@ -81,15 +77,7 @@ class TrackController:
                     self._failures.pop(track.name, None)
                     done.append(replace(decision, applied=True))
                 else:
-                    done.append(
-                        replace(
-                            decision,
-                            action=Action.HOLD,
-                            code="kill_switch",
-                            reason="the kill switch went on before the move: nothing moved",
-                            target=None,
-                        )
-                    )
+                    done.append(decision.hold("kill_switch", _KILLED_BEFORE_MOVE))
             else:
                 done.append(replace(decision, dry_run=self.dry_run))
         return tuple(done)
@@ -105,16 +93,7 @@ class TrackController:
             current = view.tracks[track.name].state
             if current is not None and track.index(current) > 0:
                 target = track.names[track.index(current) - 1]
-        decision = Decision(
-            at=now,
-            stage=current,
-            action=Action.ROLLBACK,
-            code="manual",
-            reason=f"rollback asked for: to {target}",
-            target=target,
-            dry_run=self.dry_run,
-            track=track_name,
-        )
+        decision = self.manual_rollback(now, current, target, track_name)
         if self.dry_run:
             return decision
         if target == KILL_SWITCH:
@@ -132,114 +111,38 @@ class TrackController:
             at=now, stage=seen.state, action=Action.HOLD, code="", reason="", track=track.name
         )
         if view.kill_switch:
-            return replace(
-                base,
-                code="kill_switch",
-                reason="the kill switch is on: every track holds until a person turns it off",
-            )
+            return base.hold("kill_switch", _KILL_SWITCH_ON)
         if seen.state is None:
-            return replace(
-                base,
-                code="unknown_stage",
-                reason=f"the {track.layer} flags match no state of track {track.name} "
-                "(changed by hand?)",
-            )
+            unknown = f"the {track.layer} flags match no state of track {track.name} "
+            return base.hold("unknown_stage", unknown + "(changed by hand?)")
         if seen.changed_at is None:
-            return replace(
-                base, code="unknown_start", reason="Unleash has no record of when it began"
-            )
-        elapsed = max(now - seen.changed_at, 0.0)
-        base = replace(base, elapsed=elapsed)
-        if count and self._failures_state.get(track.name) != seen.state:
-            self._failures[track.name] = {}
-            self._failures_state[track.name] = seen.state
-        observed = elapsed - self.plan.settle
-        if observed < 1.0:
-            return replace(
-                base, code="settling", reason=f"state began {elapsed:.0f}s ago; clients settle"
-            )
-        current = track.states[track.index(seen.state)]
-        try:
-            results = tuple(
-                evaluate(
-                    gate,
-                    self.reader,
-                    window=min(gate.window, observed),
-                    selector=self.plan.selector,
-                    baseline_at=seen.changed_at,
-                )
-                for gate in current.gates
-            )
-        except MetricsUnavailable as exc:
-            return replace(base, code="metrics_unavailable", reason=f"no metrics: {exc}")
-        return self._judge(base, track, current, results, view.tracks, count=count)
+            return base.hold("unknown_start", "Unleash has no record of when it began")
+        decision = self.judge(
+            replace(base, elapsed=max(now - seen.changed_at, 0.0)),
+            track.states,
+            track.index(seen.state),
+            since=seen.changed_at,
+            failures=self._failures.setdefault(track.name, Failures()),
+            count=count,
+            noun="state",
+        )
+        if decision.action is Action.ADVANCE:
+            return self._when_required(decision, view.tracks)
+        return decision
 
-    def _judge(
-        self,
-        base: Decision,
-        track: TrackPlan,
-        current: TrackState,
-        results: tuple[GateResult, ...],
-        others: Mapping[str, TrackView],
-        *,
-        count: bool,
-    ) -> Decision:
-        base = replace(base, gates=results)
-        failures = dict(self._failures.get(track.name, {}))
-        for result in results:
-            failed = result.verdict is Verdict.FAIL
-            failures[result.gate] = failures.get(result.gate, 0) + 1 if failed else 0
-        if count:
-            self._failures[track.name] = failures
-        gates = {gate.name: gate for gate in current.gates}
-        position = track.index(current.name)
-        for result in results:
-            gate = gates[result.gate]
-            if result.verdict is not Verdict.FAIL or failures[result.gate] < gate.failure_limit:
-                continue
-            if result.on_fail is OnFail.ROLLBACK:
-                if position == 0:
-                    return replace(
-                        base,
-                        code="gate_failed",
-                        reason=f"{result.gate}: {result.reason} (first state: nothing to undo)",
-                    )
-                target = track.names[position - 1]
-                if gate.rollback_to is not None and track.index(gate.rollback_to) < position:
-                    target = gate.rollback_to
-                return replace(
-                    base,
-                    action=Action.ROLLBACK,
-                    target=target,
-                    code="gate_failed",
-                    reason=f"{result.gate}: {result.reason}",
-                )
-        limits = {name: gate.failure_limit for name, gate in gates.items()}
-        waiting = not_yet(base, results, failures, limits, current.min_observation)
-        if waiting is not None:
-            return waiting
-        if position == len(track.states) - 1:
-            return replace(
-                base, action=Action.COMPLETE, code="complete", reason="last state, gates pass"
-            )
-        following = track.states[position + 1]
-        if following.requires is not None:
-            other, wanted = following.requires
-            there = others.get(other, TrackView(state=None, changed_at=None)).state
-            reached = there is not None and self.plan.track(other).index(there) >= (
-                self.plan.track(other).index(wanted)
-            )
-            if not reached:
-                return replace(
-                    base,
-                    code="waiting_for_track",
-                    reason=f"gates pass; {following.name} waits for track {other} to reach "
-                    f"{wanted} (it is at {there or 'no known state'})",
-                )
-        return replace(
-            base,
-            action=Action.ADVANCE,
-            target=following.name,
-            code="gates_passed",
-            reason=f"every gate passes after {base.elapsed:.0f}s: on to {following.name}",
+    def _when_required(self, advance: Decision, tracks: Mapping[str, TrackView]) -> Decision:
+        """`advance`, or a hold while the state it goes to waits for another track."""
+        assert advance.track is not None and advance.target is not None
+        track = self.plan.track(advance.track)
+        requires = track.states[track.index(advance.target)].requires
+        if requires is None:
+            return advance
+        other, wanted = requires
+        there = tracks.get(other, TrackView(state=None, changed_at=None)).state
+        order = self.plan.track(other)
+        if there is not None and order.index(there) >= order.index(wanted):
+            return advance
+        waiting = f"gates pass; {advance.target} waits for track {other} to reach {wanted}"
+        return advance.hold(
+            "waiting_for_track", f"{waiting} (it is at {there or 'no known state'})"
         )

@@ -4,11 +4,6 @@ from __future__ import annotations
 
 import argparse
 import os
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    pass
-
 
 ADMIN_TOKEN_ENV = "UNLEASH_ADMIN_TOKEN"
 OK, FAILED, USAGE = 0, 1, 2

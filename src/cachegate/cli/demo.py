@@ -4,13 +4,24 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
 from collections.abc import Callable
-from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
-from cachegate.cli.common import FAILED, OK, UsageError, admin_token, known_stage
-from cachegate.cli.rollout import build_controller, print_decision
+from cachegate.cli.common import (
+    ADMIN_TOKEN_ENV,
+    FAILED,
+    OK,
+    UsageError,
+    admin_token,
+    known_stage,
+    non_negative,
+    positive_int,
+    ratio,
+)
+from cachegate.cli.rollout import read_plan
+from cachegate.demo import DEFAULT_EMBED_LATENCY, DEFAULT_LATENCY, DEFAULT_STAGE
 from cachegate.demo.workload import Catalog, Mix
 
 if TYPE_CHECKING:
@@ -104,29 +115,19 @@ async def _replay_autopilot(
 ) -> list[StageResult]:
     """`replay --autopilot`: rounds of load at the autopilot's stage, a step after each, the
     decisions printed as they are made."""
-    from cachegate.autopilot.plan import PlanError, load_plan
+    from cachegate.autopilot.command import emit, stage_controller
     from cachegate.demo import replay as rp
 
     if not args.prometheus or not args.unleash_url:
         raise UsageError("--autopilot needs --prometheus URL and --unleash-url URL")
-    try:
-        plan = load_plan(Path(args.plan) if args.plan else None)
-    except PlanError as error:
-        raise UsageError(str(error)) from None
-    controller, close = build_controller(
-        plan,
-        prometheus=args.prometheus,
-        unleash_url=args.unleash_url,
-        project=args.unleash_project,
-        environment=args.unleash_environment,
-    )
+    controller, reader = stage_controller(read_plan(args.plan), args, admin_token())
 
     def current() -> str | None:
         return controller.stages.read().stage
 
     def step() -> bool:
         decision = controller.step()
-        print_decision(decision, as_json=False, colour=False)
+        emit((decision,), None, sys.stdout, as_json=False, colour=False)
         return decision.action.value in ("complete", "rollback")
 
     try:
@@ -134,7 +135,7 @@ async def _replay_autopilot(
             config, current=current, step=step, rounds=args.rounds, progress=progress
         )
     finally:
-        close()
+        reader.close()
 
 
 def _switcher(args: argparse.Namespace) -> Callable[[httpx.AsyncClient], Switcher]:
@@ -151,11 +152,123 @@ def _switcher(args: argparse.Namespace) -> Callable[[httpx.AsyncClient], Switche
             args.unleash_url,
             token,
             stage,
-            project=args.unleash_project,
-            environment=args.unleash_environment,
+            project=args.project,
+            environment=args.environment,
         )
 
     def unleash(client: httpx.AsyncClient) -> Switcher:
         return rp.UnleashSwitcher(apply, client, timeout=args.stage_timeout)
 
     return unleash
+
+
+def demo_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """The `serve` and `replay` commands and their options."""
+    from cachegate.flags import STAGES
+
+    stage_list = ", ".join(STAGES)
+    run = commands.add_parser("serve", help="run the demo service (what `make run` starts)")
+    run.add_argument("--host", default="127.0.0.1")
+    run.add_argument("--port", type=int, default=8000)
+    run.add_argument(
+        "--stage",
+        default=os.environ.get("CACHEGATE_STAGE") or None,
+        help=(
+            f"flag stage from flags/ ({stage_list}); default $CACHEGATE_STAGE, else "
+            f"{DEFAULT_STAGE} without Unleash; with UNLEASH_URL the bootstrap used only when "
+            "no persisted flag state exists, default off"
+        ),
+    )
+    run.add_argument(
+        "--latency",
+        type=non_negative,
+        default=DEFAULT_LATENCY,
+        help=f"seconds the simulated model takes per answer (default {DEFAULT_LATENCY})",
+    )
+    run.add_argument(
+        "--embed-latency",
+        type=non_negative,
+        default=DEFAULT_EMBED_LATENCY,
+        help=f"seconds a local embedding call takes (default {DEFAULT_EMBED_LATENCY})",
+    )
+    _catalog_options(run)
+    run.add_argument("--access-log", action="store_true", help="log every request (paths only)")
+    run.add_argument(
+        "--stale-writes",
+        type=ratio,
+        default=0.0,
+        help="inject staleness: skip the invalidation of this share of writes (default 0)",
+    )
+    run.set_defaults(handler=serve)
+
+    rep = commands.add_parser(
+        "replay", help="drive a rollout workload through a service and print what it measured"
+    )
+    rep.add_argument("--url", default="http://127.0.0.1:8000", help="target (loopback only)")
+    rep.add_argument(
+        "--stages", default=",".join(STAGES), help=f"comma-separated (default {stage_list})"
+    )
+    rep.add_argument("--requests", type=positive_int, default=400, help="per stage at most")
+    rep.add_argument("--duration", type=float, default=120.0, help="seconds per stage at most")
+    rep.add_argument("--concurrency", type=positive_int, default=16)
+    rep.add_argument("--seed", type=int, default=1)
+    _catalog_options(rep)
+    rep.add_argument("--write-ratio", type=ratio, default=0.05, help="share of session writes")
+    rep.add_argument(
+        "--near-duplicates", type=ratio, default=0.15, help="share of case/space variants"
+    )
+    rep.add_argument("--namespace", default="cachegate", help="the target's metrics prefix")
+    rep.add_argument(
+        "--query-cost",
+        type=non_negative,
+        default=0.017,
+        help="dollars of one uncached question, the base of 'cost saved' (default 0.017)",
+    )
+    rep.add_argument(
+        "--json", nargs="?", const="-", metavar="PATH", help="JSON (- or no PATH: stdout)"
+    )
+    rep.add_argument(
+        "--markdown", nargs="?", const="-", metavar="PATH", help="markdown (- or no PATH: stdout)"
+    )
+    rep.add_argument(
+        "--unleash-url", help=f"move stages on this Unleash server (token: ${ADMIN_TOKEN_ENV})"
+    )
+    # dest as in `rollout`, so that both build the autopilot from the same arguments
+    rep.add_argument(
+        "--unleash-project", dest="project", metavar="UNLEASH_PROJECT", default="default"
+    )
+    rep.add_argument(
+        "--unleash-environment",
+        dest="environment",
+        metavar="UNLEASH_ENVIRONMENT",
+        default="development",
+    )
+    rep.add_argument(
+        "--stage-timeout",
+        "--settle",
+        dest="stage_timeout",
+        type=non_negative,
+        default=60.0,
+        help="with --unleash-url: seconds to wait at most for the target to report the stage "
+        "from live flags after moving them; the replay fails after that (default 60)",
+    )
+    rep.add_argument("--quiet", action="store_true", help="no progress line")
+    rep.add_argument(
+        "--autopilot",
+        action="store_true",
+        help="let the rollout autopilot move the stages (needs --prometheus, --unleash-url): "
+        "rounds of load at its stage, one step after each",
+    )
+    rep.add_argument("--prometheus", help="Prometheus scraping the target (--autopilot)")
+    rep.add_argument("--plan", help="rollout plan file (--autopilot; default flags/)")
+    rep.add_argument(
+        "--rounds", type=positive_int, default=30, help="at most this many (--autopilot)"
+    )
+    rep.set_defaults(handler=replay)
+
+
+def _catalog_options(command: argparse.ArgumentParser) -> None:
+    """`--workspaces` and `--clients`: the size of the demo's catalog, for `serve` and `replay`."""
+    catalog = Catalog()
+    command.add_argument("--workspaces", type=positive_int, default=catalog.workspaces)
+    command.add_argument("--clients", type=positive_int, default=catalog.clients)

@@ -4,139 +4,39 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Callable
-from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
-from cachegate.cli.common import ADMIN_TOKEN_ENV, FAILED, OK, UsageError, admin_token, non_negative
+from cachegate.cli.common import ADMIN_TOKEN_ENV, OK, UsageError, admin_token, non_negative
 
 if TYPE_CHECKING:
-    from cachegate.autopilot.controller import Controller, Decision
     from cachegate.autopilot.plan import Plan
-    from cachegate.autopilot.telemetry import AutopilotMetrics
 
 
 def rollout(args: argparse.Namespace, err: TextIO) -> int:
     """`cachegate rollout status|plan|step|run|rollback`: the autopilot (see docs/flags.md)."""
     from cachegate.autopilot import report
-    from cachegate.autopilot.plan import PlanError, load_plan
-    from cachegate.flags.admin import FlagAdminError
 
-    try:
-        plan = load_plan(Path(args.plan) if args.plan else None)
-    except PlanError as error:
-        raise UsageError(str(error)) from None
+    plan = read_plan(args.plan)
     if args.action == "plan":
         sys.stdout.write(report.render_plan(plan))
         return OK
     if args.action != "rollback" and not args.prometheus:
         raise UsageError("--prometheus URL is needed (the Prometheus that scrapes CacheGate)")
-    if plan.tracks:
-        from cachegate.autopilot.command import rollout_tracks
+    from cachegate.autopilot.command import rollout_command
 
-        return rollout_tracks(args, plan, admin_token(), err)
-    controller, close = build_controller(
-        plan,
-        prometheus=args.prometheus,
-        unleash_url=args.unleash_url,
-        project=args.project,
-        environment=args.environment,
-        dry_run=args.dry_run,
-        interval=args.interval,
-    )
-    metrics = _autopilot_metrics(args, plan)
-    colour = sys.stdout.isatty() and not args.json
-    code = OK
+    return rollout_command(args, plan, admin_token(), err)
+
+
+def read_plan(path: str | None) -> Plan:
+    """The rollout plan at `path` (default: the shipped one), or `UsageError` saying what is
+    wrong with it."""
+    from cachegate.autopilot.plan import PlanError, load_plan
+
     try:
-        if args.action == "run":
-            return _run(controller, args, metrics, colour=colour)
-        if args.action == "status":
-            decision = controller.status()
-        elif args.action == "step":
-            decision = controller.step()
-        else:
-            decision = controller.rollback(kill_switch=args.kill_switch)
-        if metrics is not None:
-            metrics.record(decision)
-        print_decision(decision, as_json=args.json, colour=colour)
-        if args.action == "step" and decision.action.value == "rollback":
-            code = FAILED
-    except FlagAdminError as error:
-        err.write(f"cachegate rollout {args.action}: {error}\n")
-        return FAILED
-    finally:
-        close()
-    return code
-
-
-def build_controller(
-    plan: Plan,
-    *,
-    prometheus: str | None,
-    unleash_url: str,
-    project: str,
-    environment: str,
-    dry_run: bool = False,
-    interval: float | None = None,
-) -> tuple[Controller, Callable[[], None]]:
-    """The controller over Prometheus and Unleash, and how to close its connections."""
-    from cachegate.autopilot.controller import Controller
-    from cachegate.autopilot.prometheus import PrometheusReader
-    from cachegate.autopilot.unleash import UnleashStages
-
-    reader = PrometheusReader(prometheus or "http://127.0.0.1:9090")
-    stages = UnleashStages(unleash_url, admin_token(), project=project, environment=environment)
-    if interval is not None:
-        plan = replace(plan, interval=interval)
-    return Controller(plan, reader, stages, dry_run=dry_run), reader.close
-
-
-def _autopilot_metrics(args: argparse.Namespace, plan: Plan) -> AutopilotMetrics | None:
-    if not args.metrics_port:
-        return None
-    from prometheus_client import start_http_server
-
-    from cachegate.autopilot.telemetry import default_autopilot_metrics
-
-    metrics = default_autopilot_metrics(plan.names)
-    start_http_server(args.metrics_port, addr=args.metrics_host)
-    return metrics
-
-
-def print_decision(decision: Decision, *, as_json: bool, colour: bool) -> None:
-    from cachegate.autopilot import report
-
-    if as_json:
-        sys.stdout.write(report.render_json([decision]))
-    else:
-        sys.stdout.write(report.render_decision(decision, colour=colour))
-    sys.stdout.flush()
-
-
-def _run(
-    controller: Controller,
-    args: argparse.Namespace,
-    metrics: AutopilotMetrics | None,
-    *,
-    colour: bool,
-) -> int:
-    """Step every interval until the last stage (0), a rollback (1) or `--timeout` (1)."""
-    import time
-
-    deadline = None if args.timeout is None else time.monotonic() + args.timeout
-    while True:
-        decision = controller.step()
-        if metrics is not None:
-            metrics.record(decision)
-        print_decision(decision, as_json=args.json, colour=colour)
-        if decision.action.value == "complete":
-            return OK
-        if decision.action.value == "rollback":
-            return FAILED
-        if deadline is not None and time.monotonic() >= deadline:
-            return FAILED
-        time.sleep(controller.plan.interval)
+        return load_plan(Path(path) if path else None)
+    except PlanError as error:
+        raise UsageError(str(error)) from None
 
 
 def rollout_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

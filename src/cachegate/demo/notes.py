@@ -13,7 +13,7 @@ import itertools
 import logging
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import KW_ONLY, dataclass, field
 
 from cachegate.demo.workload import Catalog
 from cachegate.embeddings import AsyncEmbedClient, CachedEmbedder
@@ -107,24 +107,17 @@ def cosine(a: Sequence[float], b: Sequence[float]) -> float:
     return dot / norm if norm else 0.0
 
 
+@dataclass
 class Retriever:
     """Embeds notes (`documents`, uncached) and questions (`questions`, the L2 cache) with
     `model`, and finds the `top_k` notes of a client most similar to a question."""
 
-    def __init__(
-        self,
-        notes: Notes,
-        *,
-        questions: CachedEmbedder,
-        documents: AsyncEmbedClient,
-        model: str,
-        top_k: int,
-    ) -> None:
-        self.notes = notes
-        self.questions = questions
-        self.documents = documents
-        self.model = model
-        self.top_k = top_k
+    notes: Notes
+    _: KW_ONLY
+    questions: CachedEmbedder
+    documents: AsyncEmbedClient
+    model: str
+    top_k: int
 
     async def index(self, sessions: list[Session]) -> None:
         """Embed the notes of `sessions` that are not indexed at their current text."""
@@ -132,13 +125,7 @@ class Retriever:
         for start in range(0, len(stale), INDEX_BATCH):
             batch = stale[start : start + INDEX_BATCH]
             texts = [session.notes for session in batch]
-            response = await self.documents.embed(
-                texts=texts,
-                model=self.model,
-                input_type="search_document",
-                embedding_types=["float"],
-            )
-            vectors = response.embeddings.float_ or []
+            vectors = await self._documents(texts)
             for session, text, vector in zip(batch, texts, vectors, strict=True):
                 if session.notes == text:
                     session.vector, session.indexed = list(vector), text
@@ -147,16 +134,18 @@ class Retriever:
         """A written note's vector, computed before the note becomes visible (so the data and
         the index change together); None if the provider failed: the next query retries."""
         try:
-            response = await self.documents.embed(
-                texts=[text],
-                model=self.model,
-                input_type="search_document",
-                embedding_types=["float"],
-            )
+            vectors = await self._documents([text])
         except Exception as error:
             log.warning("indexing a note failed (%s); retried per query", type(error).__name__)
             return None
-        return list((response.embeddings.float_ or [[]])[0]) or None
+        return list((vectors or [[]])[0]) or None
+
+    async def _documents(self, texts: list[str]) -> list[list[float]]:
+        """The float vectors of notes `texts`, embedded as documents (uncached)."""
+        response = await self.documents.embed(
+            texts=texts, model=self.model, input_type="search_document", embedding_types=["float"]
+        )
+        return response.embeddings.float_ or []
 
     async def retrieve(self, tenant: str, client: str | None, text: str) -> list[str]:
         """The notes of `client` (every client when None) most similar to `text`, best first."""

@@ -34,6 +34,7 @@ from cachegate.embeddings import CachedEmbedder
 from cachegate.flags import FlagStateFile, Source, UnleashFlags, UnleashSettings, stage_path
 from cachegate.gate import CacheGate
 from cachegate.keys import Normalization
+from cachegate.limits import Limits
 from cachegate.metrics import Metrics, default_metrics
 from cachegate.policy import Extractor, RequestView, header
 from cachegate.store.base import Store
@@ -93,7 +94,7 @@ def build_demo(
     stages = _stages(config.stage, env, metrics)
     store: Store
     redis_url = env.get("REDIS_URL")
-    store = RedisStore.from_url(redis_url) if redis_url else MemoryStore()
+    store = RedisStore.from_url(redis_url, metrics=metrics) if redis_url else MemoryStore()
     secret = env.get("CACHEGATE_KEY_SECRET")
     gate = CacheGate(
         policies=policies(),
@@ -103,7 +104,7 @@ def build_demo(
         namespace=config.namespace,
         key_secret=secret.encode() if secret else None,
         metrics=metrics,
-        noise_sample_rate=config.noise_sample_rate,
+        limits=Limits(noise_sample_rate=config.noise_sample_rate),
     )
     client, model, provider = embed_client(env, latency=config.embed_latency)
     metered = MeteredClient(client, demo_metrics(registry).embed_calls)

@@ -1,5 +1,5 @@
-"""The one place an embedder counts: each event goes to Prometheus (when given) and to the
-embedder's own totals in the same call, so `embedder.stats` and the metrics never disagree.
+"""The one place an embedder counts: each event goes to Prometheus and to the embedder's own
+totals in the same call, so `embedder.stats` and the metrics never disagree.
 
 Lookups count distinct texts of a call. `tokens_avoided` is estimated: each served hit counts the
 billed input tokens per text seen so far; `cost_avoided` is `calls_avoided` times the cost per
@@ -126,12 +126,10 @@ class Tally:
 
     __slots__ = ("_children", "_sizes", "_totals")
 
-    def __init__(self, metrics: Metrics | None) -> None:
+    def __init__(self, metrics: Metrics) -> None:
         self._totals: dict[Event, float] = dict.fromkeys(Event, 0)
-        self._children = (
-            {} if metrics is None else {event: bind(metrics) for event, bind in _EXPORTED.items()}
-        )
-        self._sizes = None if metrics is None else metrics.entry_size.labels(_LAYER)
+        self._children = {event: bind(metrics) for event, bind in _EXPORTED.items()}
+        self._sizes = metrics.entry_size.labels(_LAYER)
 
     def count(self, event: Event, amount: float = 1) -> None:
         """Add `amount` to `event`'s total and to its Prometheus series, if it has one."""
@@ -142,9 +140,8 @@ class Tally:
 
     def stored(self, sizes: Iterable[int]) -> None:
         """Observe the sizes of entries written (the `entry_size_bytes` histogram)."""
-        if self._sizes is not None:
-            for size in sizes:
-                self._sizes.observe(size)
+        for size in sizes:
+            self._sizes.observe(size)
 
     @property
     def stats(self) -> EmbedderStats:

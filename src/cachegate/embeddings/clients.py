@@ -21,6 +21,7 @@ from cachegate.embeddings.cohere import AsyncEmbedClient, SyncEmbedClient
 from cachegate.embeddings.config import EmbedderConfig
 from cachegate.embeddings.core import Core
 from cachegate.embeddings.plan import EmbedCall, arguments
+from cachegate.metrics import Metrics
 from cachegate.store.base import Store
 
 T = TypeVar("T")
@@ -35,6 +36,11 @@ class _Embedder:
     def config(self) -> EmbedderConfig:
         """This embedder's configuration."""
         return self._core.config
+
+    @property
+    def metrics(self) -> Metrics:
+        """Where this embedder counts: `config.metrics`, else its store's, else the default."""
+        return self._core.metrics
 
     @property
     def stats(self) -> EmbedderStats:

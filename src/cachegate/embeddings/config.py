@@ -36,6 +36,9 @@ class EmbedderConfig:
 
     `rollout` decides off/shadow/serve outside a cached request (kill switch first); `mode` is
     used only without one. `key_secret` keys the digests (an `EncryptedStore` brings its own).
+    `metrics` is where the embedder counts: by default the store's (`RedisStore`,
+    `EncryptedStore`), else `default_metrics()`; metrics other than the store's are a
+    `ValueError` when the embedder is built.
     """
 
     namespace: str = "cachegate"

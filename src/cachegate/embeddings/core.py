@@ -25,7 +25,7 @@ from cachegate.embeddings.config import EmbedderConfig
 from cachegate.embeddings.plan import Call, cacheable_types, key_builders, plan
 from cachegate.keys import KeySpace
 from cachegate.rollout import Mode, current_decision, current_tenant
-from cachegate.store.base import Store, digest_secret_of
+from cachegate.store.base import Store, digest_secret_of, metrics_of
 from cachegate.vectors import CorruptVector, decode_vector
 
 log = logging.getLogger("cachegate.embeddings")
@@ -47,14 +47,16 @@ class _Fresh:
 
 
 class Core:
-    """One embedder's cache over `store`, calling Cohere through `cohere`."""
+    """One embedder's cache over `store`, calling Cohere through `cohere`, counting into
+    `metrics` (the configured ones, else the store's, else the default)."""
 
     def __init__(self, store: Store, config: EmbedderConfig, cohere: Cohere) -> None:
         self.store = store
-        self.config = config
         self.secret = digest_secret_of(store, config.key_secret)
         KeySpace(config.namespace, self.secret)
-        self.tally = Tally(config.metrics)
+        self.config = config
+        self.metrics = metrics_of(store, config.metrics)
+        self.tally = Tally(self.metrics)
         self._cohere = cohere
         self._warned_no_tenant = False
 

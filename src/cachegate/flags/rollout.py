@@ -21,11 +21,8 @@ from cachegate.flags.sources import FlagSource, OfflineFlags, UnleashFlags, Unle
 from cachegate.flags.stages import (
     DEFAULT_STAGE,
     FLAG_KILL_SWITCH,
-    FLAG_L1_SERVE,
-    FLAG_L1_SHADOW,
     FLAG_L1_VERIFY,
-    FLAG_L2_SERVE,
-    FLAG_L2_SHADOW,
+    LAYER_FLAGS,
     STAGE_ENV,
     STICKINESS_FIELD,
     stage_path,
@@ -45,7 +42,8 @@ _DECISIONS = {
 """Every possible decision, built once so that deciding allocates nothing (all off is `OFF`)."""
 _DECISIONS[Mode.OFF, Mode.OFF, False] = OFF
 
-_LAYERS = ((FLAG_L1_SERVE, FLAG_L1_SHADOW), (FLAG_L2_SERVE, FLAG_L2_SHADOW))
+_LAYERS = tuple((layer.serve, layer.shadow) for layer in LAYER_FLAGS.values())
+"""Each layer's (serve, shadow) flags, L1 then L2: the order of a decision's modes."""
 
 
 class _Memo:

@@ -14,6 +14,7 @@ import json
 import logging
 import os
 from collections.abc import Mapping
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -35,6 +36,27 @@ FLAGS = (
     FLAG_L1_VERIFY,
 )
 """Every flag CacheGate reads."""
+
+
+@dataclass(frozen=True, slots=True)
+class LayerFlags:
+    """The flags of one cache layer: its serve and shadow switches, and any others it reads."""
+
+    serve: str
+    shadow: str
+    others: tuple[str, ...] = ()
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """Every flag of the layer: shadow, serve, then the others."""
+        return (self.shadow, self.serve, *self.others)
+
+
+LAYER_FLAGS = {
+    "l1": LayerFlags(serve=FLAG_L1_SERVE, shadow=FLAG_L1_SHADOW, others=(FLAG_L1_VERIFY,)),
+    "l2": LayerFlags(serve=FLAG_L2_SERVE, shadow=FLAG_L2_SHADOW),
+}
+"""The flags of each layer, L1 then L2; the kill switch belongs to none."""
 
 STICKINESS_FIELD = "workspaceId"
 """The Unleash context field that carries the tenant; `serve` rollouts are sticky on it."""

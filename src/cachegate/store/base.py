@@ -12,6 +12,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
+from cachegate.metrics import Metrics, default_metrics
+
 
 class StoreError(Exception):
     """A store call failed, timed out or was refused by the breaker; the caller serves fresh."""
@@ -105,3 +107,29 @@ def digest_secret_of(store: Store, configured: bytes | None) -> bytes | None:
     if configured is not None and required is not None and configured != required:
         raise ValueError("key_secret differs from the store's digest_secret: give one of them")
     return configured if configured is not None else required
+
+
+@runtime_checkable
+class MeteredStore(Protocol):
+    """A store that counts into the `Metrics` it was built with (`RedisStore`, `EncryptedStore`)."""
+
+    @property
+    def metrics(self) -> Metrics:
+        """Where this store's series are counted."""
+        ...
+
+
+def metrics_of(store: Store, configured: Metrics | None) -> Metrics:
+    """The metrics of a component over `store` (a gate, an embedder, a wrapping store): the
+    configured ones or the store's, else `default_metrics()`; never two, so no series is split
+    between two registries without anyone noticing."""
+    own = store.metrics if isinstance(store, MeteredStore) else None
+    if configured is not None and own is not None and configured is not own:
+        raise ValueError(
+            "metrics= differs from the metrics the store was built with: build the store with "
+            "the same Metrics (e.g. RedisStore.from_url(url, metrics=metrics)), or leave "
+            "metrics= out here to count into the store's"
+        )
+    if configured is not None:
+        return configured
+    return own if own is not None else default_metrics()

@@ -4,7 +4,8 @@ Values (L1 entries, L2 vectors) are encrypted under the active key on the way in
 on the way out; generations are counters, not data, and pass through untouched. Keys are named
 by id so they can be rotated: a value written under a key that is still configured is read,
 one under a retired or unknown key id, or one that fails authentication, is a miss (counted in
-`rejected` and reported to `on_reject`).
+the `encrypted_values_rejected` series of its metrics and in `rejected`, and reported to
+`on_reject`).
 
 Layout of a stored value::
 
@@ -33,7 +34,8 @@ except ImportError as error:  # pragma: no cover - depends on the installed extr
     ) from error
 
 from cachegate.keys import MIN_SECRET_BYTES
-from cachegate.store.base import Lookup, Store
+from cachegate.metrics import Metrics
+from cachegate.store.base import Lookup, Store, metrics_of
 
 __all__ = ["FORMAT_VERSION", "NONCE_BYTES", "OVERHEAD", "EncryptedStore", "RejectReason"]
 
@@ -57,8 +59,10 @@ class EncryptedStore:
     be read, only `active` is written. `digest_secret` (at least 16 bytes) keys the digests in
     every store key the cache makes (HMAC), so the keys reveal nothing either; it is not rotated
     with `keys`, as every process of the service must find the same entries and generations.
-    `on_reject(reason)` is called for every value read as a miss because it could not be
-    decrypted (wire it to a counter); `rejected` counts them too.
+    Every value read as a miss because it could not be decrypted is counted in `metrics`
+    (`encrypted_values_rejected_total{reason}`; by default the wrapped store's metrics, else
+    `default_metrics()`; metrics other than the wrapped store's are a `ValueError`) and in
+    `rejected`, and passed to `on_reject(reason)` if given.
     """
 
     def __init__(
@@ -69,6 +73,7 @@ class EncryptedStore:
         *,
         digest_secret: bytes | None = None,
         on_reject: Callable[[RejectReason], None] | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         if not keys:
             raise ValueError("EncryptedStore needs at least one key")
@@ -80,6 +85,7 @@ class EncryptedStore:
             )
         self.digest_secret = digest_secret
         self.inner = store
+        self.metrics = metrics_of(store, metrics)
         self._ciphers: dict[bytes, AESGCM] = {}
         for key_id, key in keys.items():
             self._ciphers[_key_id_bytes(key_id)] = AESGCM(_checked_key(key_id, key))
@@ -91,6 +97,9 @@ class EncryptedStore:
         self._header = bytes((FORMAT_VERSION, len(active_id))) + active_id
         self.on_reject = on_reject
         self.rejected: dict[RejectReason, int] = {"unknown_key": 0, "invalid": 0}
+        self._rejections = {
+            reason: self.metrics.encrypted_rejected.labels(reason) for reason in self.rejected
+        }
 
     def encrypt(self, key: str, value: bytes) -> bytes:
         """The stored form of `value` under store key `key` (active key, fresh nonce)."""
@@ -121,6 +130,7 @@ class EncryptedStore:
 
     def _reject(self, reason: RejectReason) -> None:
         self.rejected[reason] += 1
+        self._rejections[reason].inc()
         if self.on_reject is not None:
             self.on_reject(reason)
 

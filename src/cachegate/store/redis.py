@@ -25,7 +25,7 @@ from prometheus_client import Histogram
 from redis.asyncio.cluster import RedisCluster
 
 from cachegate.breaker import BreakerState, CircuitBreaker
-from cachegate.metrics import Metrics
+from cachegate.metrics import Metrics, default_metrics
 from cachegate.store import commands
 from cachegate.store.base import (
     Lookup,
@@ -48,7 +48,12 @@ WRITE_OPERATIONS = frozenset({"generations", "write", "bump", "set_many", "probe
 
 
 class RedisStore:
-    """A `Store` on redis-py's asyncio client (`Redis` or `RedisCluster`)."""
+    """A `Store` on redis-py's asyncio client (`Redis` or `RedisCluster`).
+
+    It counts into `metrics` (by default `default_metrics()`); a gate or embedder over it
+    counts there too, or refuses other metrics. Its breaker, given or its own, drives the
+    `store_breaker_open` gauge.
+    """
 
     def __init__(
         self,
@@ -69,8 +74,11 @@ class RedisStore:
         self.deadline = deadline
         self.invalidation_deadline = invalidation_deadline
         self.generation_ttl = generation_ttl
-        self.metrics = metrics
-        self.breaker = breaker or CircuitBreaker(on_change=self._breaker_changed)
+        self.metrics = metrics if metrics is not None else default_metrics()
+        self.breaker = breaker if breaker is not None else CircuitBreaker()
+        self.breaker.subscribe(self._breaker_changed)
+        if self.breaker.state is not BreakerState.CLOSED:
+            self._breaker_changed(self.breaker.state)
         self._cluster = isinstance(client, RedisCluster)
         self._calls = CallRunner(client)
         self._durations: dict[str, Histogram] = {}
@@ -124,8 +132,7 @@ class RedisStore:
 
     def _epoch_changed(self) -> None:
         logger.warning("Redis restarted or failed over: entries written before are misses")
-        if self.metrics is not None:
-            self.metrics.store_epoch_changes.inc()
+        self.metrics.store_epoch_changes.inc()
 
     def _set_writes_refused(self, refused: bool) -> None:
         self._recovering_since = None
@@ -136,8 +143,7 @@ class RedisStore:
             logger.warning("Redis refuses writes: no hits are served until a write succeeds")
         else:
             logger.info("Redis takes writes again: hits are served again")
-        if self.metrics is not None:
-            self.metrics.store_writes_refused.set(1 if refused else 0)
+        self.metrics.store_writes_refused.set(1 if refused else 0)
 
     def _took_write(self) -> None:
         """A write succeeded while refused: serve hits again once writes have succeeded for
@@ -189,8 +195,7 @@ class RedisStore:
         values = reply.values() if isinstance(reply, dict) else ()
         policies = {v.decode() if isinstance(v, bytes) else str(v) for v in values}
         self.noeviction = "noeviction" in policies
-        if self.metrics is not None:
-            self.metrics.store_noeviction.set(1 if self.noeviction else 0)
+        self.metrics.store_noeviction.set(1 if self.noeviction else 0)
         if self.noeviction:
             logger.warning(
                 "Redis maxmemory-policy is noeviction: when it is full, writes and "
@@ -221,8 +226,7 @@ class RedisStore:
         )
 
     def _breaker_changed(self, state: BreakerState) -> None:
-        if self.metrics is not None:
-            self.metrics.breaker_open.set(0 if state is BreakerState.CLOSED else 1)
+        self.metrics.breaker_open.set(0 if state is BreakerState.CLOSED else 1)
 
     async def _call(
         self,
@@ -242,8 +246,7 @@ class RedisStore:
         if self._probing is None and not self._closed:
             self._start_probe()
         if guarded and not self.breaker.allow():
-            if metrics is not None:
-                metrics.store_failures.labels(operation, "rejected").inc()
+            metrics.store_failures.labels(operation, "rejected").inc()
             raise StoreUnavailable(f"{operation}: circuit breaker open")
         started = time.perf_counter()
         try:
@@ -256,8 +259,7 @@ class RedisStore:
                 # Redis answers, so the breaker stays closed; but it took no write
                 self.breaker.success()
                 self._set_writes_refused(True)
-                if metrics is not None:
-                    metrics.store_failures.labels(operation, "refused").inc()
+                metrics.store_failures.labels(operation, "refused").inc()
                 raise StoreWritesRefused(f"{operation}: {str(error)[:40]}") from error
             self._failed(operation, "error", feeds_breaker)
             raise StoreError(f"{operation}: {type(error).__name__}") from error
@@ -267,25 +269,22 @@ class RedisStore:
         self.breaker.success()
         if operation in WRITE_OPERATIONS and self.writes_refused:
             self._took_write()
-        if metrics is not None:
-            duration = self._durations.get(operation)
-            if duration is None:
-                duration = self._durations[operation] = metrics.store_duration.labels(operation)
-            duration.observe(time.perf_counter() - started)
+        duration = self._durations.get(operation)
+        if duration is None:
+            duration = self._durations[operation] = metrics.store_duration.labels(operation)
+        duration.observe(time.perf_counter() - started)
         return result
 
     def _failed(self, operation: str, kind: str, feeds_breaker: bool = True) -> None:
         if feeds_breaker:
             self.breaker.failure()
-        if self.metrics is not None:
-            self.metrics.store_failures.labels(operation, kind).inc()
+        self.metrics.store_failures.labels(operation, kind).inc()
 
     async def lookup(self, key: str, generation_keys: Sequence[str]) -> Lookup:
         """One MGET of the entry and its generations (they share a hash tag), with the epoch
         of the node that answered. Refused while the store refuses writes."""
         if self.writes_refused:
-            if self.metrics is not None:
-                self.metrics.store_failures.labels("lookup", "refused").inc()
+            self.metrics.store_failures.labels("lookup", "refused").inc()
             raise StoreWritesRefused("lookup: the store refuses writes")
         values = await self._call(
             "lookup", lambda: self.client.mget([key, *generation_keys]), deadline=self.deadline
@@ -355,8 +354,7 @@ class RedisStore:
         errors = [result for result in results if isinstance(result, Exception)]
         if any(refused(error) for error in errors):
             self._set_writes_refused(True)
-            if self.metrics is not None:
-                self.metrics.store_failures.labels("bump", "refused").inc()
+            self.metrics.store_failures.labels("bump", "refused").inc()
             raise StoreWritesRefused("bump: refused")
         if errors:
             unreadable = [

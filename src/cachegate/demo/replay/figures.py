@@ -101,6 +101,8 @@ class Agreement:
     match: float
     mismatch: float
     error: float
+    ignored: float = 0.0
+    """Left out: the scope was written while the fresh answer was computed."""
 
     @property
     def compared(self) -> float:
@@ -209,7 +211,8 @@ def measure(
                 f"{ns}_comparisons_total", cache_layer=name, kind=kind, outcome=outcome
             )
 
-        return Agreement(count("match"), count("mismatch"), count("error"))
+        ignored = delta.total(f"{ns}_comparisons_ignored_total", cache_layer=name, kind=kind)
+        return Agreement(count("match"), count("mismatch"), count("error"), ignored)
 
     model = f"{ns}_demo_model_calls_total"
     embeds = f"{ns}_demo_embed_calls_total"

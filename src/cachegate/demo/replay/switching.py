@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import KW_ONLY, dataclass
 from typing import Any, Protocol
 
 import httpx
@@ -21,11 +22,11 @@ class Switcher(Protocol):
         ...
 
 
+@dataclass
 class DemoSwitcher:
     """Switches the demo's offline flags through its demo-only `POST /_demo/stage`."""
 
-    def __init__(self, client: httpx.AsyncClient) -> None:
-        self.client = client
+    client: httpx.AsyncClient
 
     async def switch(self, stage: str) -> None:
         """Ask the demo to load `stage`."""
@@ -38,6 +39,7 @@ class DemoSwitcher:
             raise ReplayError(f"the target refused stage {stage!r}: {detail}")
 
 
+@dataclass
 class UnleashSwitcher:
     """Moves the flags on an Unleash server (`apply_stage`), then waits until the target says
     it decides by them: `GET /_demo/stage` reports the stage, from live flags.
@@ -46,22 +48,13 @@ class UnleashSwitcher:
     edited meanwhile, another project or environment) is a `ReplayError` naming what it reports.
     """
 
-    def __init__(
-        self,
-        apply: Callable[[str], None],
-        client: httpx.AsyncClient,
-        *,
-        timeout: float = 60.0,
-        poll: float = 0.5,
-        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
-        self.apply = apply
-        self.client = client
-        self.timeout = timeout
-        self.poll = poll
-        self.sleep = sleep
-        self.clock = clock
+    apply: Callable[[str], None]
+    client: httpx.AsyncClient
+    _: KW_ONLY
+    timeout: float = 60.0
+    poll: float = 0.5
+    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
+    clock: Callable[[], float] = time.monotonic
 
     async def switch(self, stage: str) -> None:
         """Apply `stage` in a thread (the admin client blocks), then wait for the target."""
