@@ -40,11 +40,13 @@ from cachegate import (
 from cachegate.breaker import BreakerState
 from cachegate.store import RedisStore
 from cachegate.store.codec import decode_entry
+from cachegate.store.urls import connect
 
 pytestmark = [pytest.mark.anyio, pytest.mark.slow]
 
 DEADLINE = 0.05
 FRESH = 0.02  # the app's own time on the fresh path
+SLOW_REDIS = 2.5  # a slow Redis's answer: far beyond the deadline and any loaded request
 TENANTS = ("t1", "t2", "t3", "t4")
 QUERIES = ("q1", "q2", "q3")
 
@@ -130,10 +132,16 @@ def assert_no_failures(results: list[Result]) -> None:
     assert results and not failed, f"{len(failed)} of {len(results)} requests failed: {failed[:3]}"
 
 
-def redis_harness(url: str, namespace: str) -> Harness:
-    store = RedisStore.from_url(
-        url, deadline=DEADLINE, invalidation_deadline=0.2, metrics=fresh_metrics()
-    )
+def redis_harness(url: str, namespace: str, socket_timeout: float | None = None) -> Harness:
+    if socket_timeout is None:
+        store = RedisStore.from_url(
+            url, deadline=DEADLINE, invalidation_deadline=0.2, metrics=fresh_metrics()
+        )
+    else:
+        client = connect(url, cluster=False, connect_timeout=1.0, socket_timeout=socket_timeout)
+        store = RedisStore(
+            client, deadline=DEADLINE, invalidation_deadline=0.2, metrics=fresh_metrics()
+        )
     store.breaker.cooldown = 0.3  # the default is 2 s; the behaviour is the same
     h = Harness(store=store, namespace=namespace)
     h.service.delay = FRESH
@@ -171,17 +179,18 @@ async def test_redis_killed_mid_load_and_restarted(server: RedisServer, namespac
     print(f"\nredis restart -> first hit: {recovery:.3f}s ({len(results)} requests, 0 failed)")
 
 
-async def test_slow_and_black_holed_redis_costs_at_most_the_deadline(
+async def test_a_slow_or_black_holed_redis_is_never_waited_for(
     server: RedisServer, namespace: str
 ) -> None:
     async with TcpProxy(server.port) as proxy:
-        h = redis_harness(f"redis://127.0.0.1:{proxy.port}/0", namespace)
+        url = f"redis://127.0.0.1:{proxy.port}/0"
+        h = redis_harness(url, namespace, socket_timeout=SLOW_REDIS + 2.0)
         marks: dict[str, float] = {}
 
         async def faults() -> None:
             await asyncio.sleep(1.0)
             marks["delay"] = time.monotonic()
-            proxy.set_mode("delay", 0.8)  # far beyond the deadline, below the socket timeout
+            proxy.set_mode("delay", SLOW_REDIS)  # far beyond the deadline, below the socket timeout
             await asyncio.sleep(1.5)
             marks["blackhole"] = time.monotonic()
             proxy.set_mode("blackhole")
@@ -197,21 +206,21 @@ async def test_slow_and_black_holed_redis_costs_at_most_the_deadline(
             await h.aclose()
             await h.store.aclose()
     assert_no_failures(results)
-    # A request may meet two store calls (lookup, then generations for a miss) on its path.
-    # Timing belongs to benchmarks/; the behaviour asserted is that no request waited for the
-    # slow Redis's answer (the proxy's 0.8 s delay), a bound six times that budget.
-    budget = FRESH + 2 * DEADLINE
-    bound = 6 * budget
+    # Timing belongs to benchmarks/ (the deadline's cost is measured there). The behaviour
+    # asserted is that no request waited for the slow Redis's answer: each would then take at
+    # least the proxy's delay (or the socket timeout, above it), which is many times what a
+    # request costs even on a loaded machine.
     slow = [r for r in results if marks["delay"] <= r.started < marks["pass"]]
     assert slow and {r.path for r in slow} <= {"bypass", "hit", "miss"}
     worst = max(r.took for r in slow)
-    assert worst < bound, f"a request waited {worst:.3f}s with a slow Redis"
+    assert worst < SLOW_REDIS, f"a request waited {worst:.3f}s: for the slow Redis's answer"
     assert h.bypassed("store_error") > 0
     recovered = [r for r in results if r.started > marks["pass"] and r.path == "hit"]
     assert recovered, "caching never resumed after the proxy passed traffic again"
     recovery = min(r.started + r.took for r in recovered) - marks["pass"]
     print(
-        f"\nslow/black-holed Redis: worst {worst * 1000:.0f} ms (bound {bound * 1000:.0f} ms); "
+        f"\nslow/black-holed Redis: worst {worst * 1000:.0f} ms (Redis answers in "
+        f"{SLOW_REDIS * 1000:.0f} ms); "
         f"pass again -> first hit {recovery:.3f}s"
     )
 
