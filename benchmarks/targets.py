@@ -195,7 +195,14 @@ def render(found: list[Row]) -> list[str]:
     ]
     body = []
     for row in found:
-        missed = [check.target_text for check in row.targets if not check.met]
+        hits = sum(check.met for check in row.targets)
+        verdict = (
+            "**met**"
+            if hits == len(row.targets)
+            else "**not met**"
+            if hits == 0
+            else f"**{hits} of {len(row.targets)} met**"
+        )
         body.append(
             [
                 row.figure,
@@ -203,7 +210,7 @@ def render(found: list[Row]) -> list[str]:
                 row.peers,
                 "; ".join(check.ratio_text for check in row.checks),
                 "; ".join(check.target_text for check in row.targets),
-                "**met**" if not missed else "**not met**: " + "; ".join(missed),
+                verdict,
             ]
         )
     lines += table(["figure", "CacheGate", "floor / peer", "ratio", "target", "met"], body)
