@@ -31,8 +31,9 @@ from benchmarks.tables import us
 
 RESULTS = REPO / "benchmarks" / "results"
 INTERVAL = 0.001
-"""pyinstrument's sampling interval: at 100 µs its own work slows a request tenfold, at 1 ms
-about threefold (it is spread over the whole tree, so the shares hold)."""
+"""pyinstrument's sampling interval. Its hook runs on every Python call, so a profiled request
+takes about three times as long at any interval from 1 to 10 ms (tenfold at 100 µs), and code
+that makes many small calls weighs more in the tree than it costs unprofiled."""
 IN_PROCESS = {
     # path: (what it is, the app profiled, the app it is compared with)
     "redis-hit": ("CacheGate hit, RedisStore", "hit_redis", "floor_post"),
