@@ -40,7 +40,11 @@ class Check:
 
     @property
     def ratio_text(self) -> str:
-        return self.shown or f"{x(self.ratio)} {self.label}"
+        if self.shown:
+            return self.shown
+        close = self.limit is not None and f"{self.ratio:.2f}" == f"{self.limit:.2f}"
+        shown = f"{self.ratio:.3f}x" if close else x(self.ratio)  # 1.303x is not "1.30x, met"
+        return f"{shown} {self.label}"
 
     @property
     def target_text(self) -> str:
