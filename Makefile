@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: install run replay bench bench-quick bench-deps soak test lint typecheck pytest system-deps clean
+.PHONY: install run replay bench bench-quick bench-deps profile soak test lint typecheck pytest system-deps clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -49,6 +49,11 @@ bench: install $(BENCH_STAMP) bench-deps
 
 bench-quick: install $(BENCH_STAMP) bench-deps
 	$(BENCH)/bin/python -m benchmarks --quick
+
+# Call trees (pyinstrument) of the hot paths: Redis hit, MemoryStore hit, flags-off bypass and
+# L2 all-hit, each on a private redis-server; writes benchmarks/results/profile-<path>.txt.
+profile: $(BENCH_STAMP) bench-deps
+	$(BENCH)/bin/python -m benchmarks.profiles
 
 # 200 clients for 60 s through uvicorn against a private redis-server; writes
 # benchmarks/results/soak.md and fails on any failed request or memory growth.

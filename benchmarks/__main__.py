@@ -73,9 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     namespace = f"cgbench{os.getpid()}"
     started = time.monotonic()
     load_start = os.getloadavg()[0]
-    inproc = http = l2_result = inval = flags = encryption = freshness = None
-    streamed = None
-    kill_switch: dict[str, Any] | None = None
+    measured = report.Measured()
     notes: list[str] = []
     with RedisServer(cpu=1) as server:
         url = server.url
@@ -85,50 +83,50 @@ def main(argv: list[str] | None = None) -> int:
                 from benchmarks import l1
 
                 log("L1 in-process ...")
-                inproc = asyncio.run(l1.in_process(url, namespace, quick=quick))
+                measured.inprocess = asyncio.run(l1.in_process(url, namespace, quick=quick))
             if "uvicorn" in groups:
                 from benchmarks import l1
 
                 log("L1 over uvicorn with wrk ...")
-                http = l1.over_uvicorn(url, namespace, quick=quick)
+                measured.uvicorn = l1.over_uvicorn(url, namespace, quick=quick)
             if "l2" in groups:
                 log("L2 embedding caches ...")
                 try:
                     from benchmarks import l2
 
-                    l2_result = l2.main_sync(url, namespace, quick=quick)
+                    measured.l2 = l2.main_sync(url, namespace, quick=quick)
                 except ImportError as error:
                     notes.append(f"L2 not run: {error}")
             if "flags" in groups:
                 from benchmarks import flag_cost
 
                 log("flag evaluation ...")
-                flags = flag_cost.run(quick=quick)
+                measured.flags = flag_cost.run(quick=quick)
             if "invalidation" in groups:
                 from benchmarks import invalidation
 
                 log("invalidation at growing entry counts ...")
-                inval = invalidation.main_sync(url, namespace, quick=quick)
+                measured.invalidation = invalidation.main_sync(url, namespace, quick=quick)
             if "killswitch" in groups:
                 log("kill switch time to effect (real Unleash) ...")
-                kill_switch, note = _kill_switch(quick)
+                measured.kill_switch, note = _kill_switch(quick)
                 if note:
                     notes.append(note)
             if "encryption" in groups:
-                from benchmarks import encryption as encryption_group
+                from benchmarks import encryption
 
                 log("encryption at rest ...")
-                encryption = encryption_group.run(url, namespace, quick=quick)
+                measured.encryption = encryption.run(url, namespace, quick=quick)
             if "streaming" in groups:
                 from benchmarks import streaming
 
                 log("streamed answers ...")
-                streamed = streaming.run(url, namespace, quick=quick)
+                measured.streaming = streaming.run(url, namespace, quick=quick)
             if "freshness" in groups:
-                from benchmarks import freshness as freshness_group
+                from benchmarks import freshness
 
                 log("freshness under faults (hit-path checks, cluster master killed) ...")
-                freshness = freshness_group.run(url, namespace, quick=quick)
+                measured.freshness = freshness.run(url, namespace, quick=quick)
         finally:
             delete_prefix(url, namespace)
     elapsed = time.monotonic() - started
@@ -146,23 +144,8 @@ def main(argv: list[str] | None = None) -> int:
     ]
     title = "CacheGate benchmarks" + (" (quick smoke run)" if quick else "")
     text = report.render(
-        title=title,
-        machine=info,
-        settings=settings,
-        inproc=inproc,
-        http=http,
-        l2=l2_result,
-        inval=inval,
-        flags=flags,
-        notes=notes,
-        encryption=encryption,
-        kill_switch=kill_switch,
-        freshness=freshness,
+        title=title, machine=info, settings=settings, measured=measured, notes=notes
     )
-    if streamed is not None:
-        from benchmarks import streaming
-
-        text += "\n" + "\n".join(streaming.render(streamed))
     RESULTS.mkdir(parents=True, exist_ok=True)
     if args.out is not None:
         paths = [args.out]
@@ -173,30 +156,15 @@ def main(argv: list[str] | None = None) -> int:
     for path in paths:
         path.write_text(text + "\n", encoding="utf-8")
         log(f"wrote {path.relative_to(REPO) if path.is_relative_to(REPO) else path}")
-    raw = {
-        "machine": info,
-        "quick": quick,
-        "inprocess": _jsonable(inproc),
-        "uvicorn": _jsonable(http),
-        "l2": _jsonable(l2_result),
-        "invalidation": _jsonable(inval),
-        "flags": _jsonable(flags),
-        "encryption": _jsonable(encryption),
-        "streaming": _jsonable(streamed),
-        "kill_switch": kill_switch,
-        "freshness": _jsonable(freshness),
-    }
     if not quick and args.out is None:
-        for container in (
-            raw["inprocess"],
-            raw["l2"],
-            raw["invalidation"],
-            raw["flags"],
-            raw["encryption"],
-            raw["streaming"],
-            raw["freshness"],
-        ):
-            _drop_values(container)
+        groups_raw = {name: _jsonable(value) for name, value in vars(measured).items()}
+        _drop_values(groups_raw)
+        raw = {
+            "machine": info,
+            "quick": quick,
+            "targets": _jsonable(report.target_rows(measured)),
+            **groups_raw,
+        }
         (RESULTS / "latest.json").write_text(json.dumps(raw, indent=1) + "\n", encoding="utf-8")
     print(text)
     return 0

@@ -34,7 +34,9 @@ from cachegate import (
     query_param,
     trusted_header,
 )
+from cachegate.extractors import Extractor
 from cachegate.rollout import Rollout
+from cachegate.store import Store
 
 Message = MutableMapping[str, Any]
 CacheScope = MutableMapping[str, Any]
@@ -81,25 +83,24 @@ def starlette_app() -> Starlette:
     return Starlette(routes=[Route(ROUTE, answer_post, methods=["POST"])])
 
 
-def post_policy() -> Policy:
+def _policy(field: Callable[[str], Extractor], query: str, method: str) -> Policy:
+    """The route's policy, the client id and the question read by `field` (body or query)."""
     return Policy(
         ROUTE,
         tenant=trusted_header("X-Workspace-ID"),
-        subject=body_field("client_id"),
-        key={"query": body_field("query")},
+        subject=field("client_id"),
+        key={query: field(query)},
+        methods=frozenset({method}),
         ttl=3600,
     )
+
+
+def post_policy() -> Policy:
+    return _policy(body_field, "query", "POST")
 
 
 def get_policy() -> Policy:
-    return Policy(
-        ROUTE,
-        tenant=trusted_header("X-Workspace-ID"),
-        subject=query_param("client_id"),
-        key={"q": query_param("q")},
-        methods=frozenset({"GET"}),
-        ttl=3600,
-    )
+    return _policy(query_param, "q", "GET")
 
 
 def redis_store(redis_url: str) -> RedisStore:
@@ -161,9 +162,8 @@ def body_read(redis_url: str, namespace: str) -> Built:
     return Built(app)
 
 
-def _gated(
-    policy: Policy, store: MemoryStore | RedisStore, namespace: str, rollout: Rollout | None = None
-) -> Built:
+def gated(policy: Policy, store: Store, namespace: str, rollout: Rollout | None = None) -> Built:
+    """The bare app behind `CacheGateMiddleware` with one policy on `store`."""
     gate = CacheGate(policies=[policy], store=store, namespace=namespace, rollout=rollout)
     app = starlette_app()
     app.add_middleware(CacheGateMiddleware, gate=gate)
@@ -172,24 +172,24 @@ def _gated(
 
 def no_policy(redis_url: str, namespace: str) -> Built:
     other = Policy("/other", tenant=trusted_header("X-Workspace-ID"), key={"q": body_field("q")})
-    return _gated(other, MemoryStore(), namespace)
+    return gated(other, MemoryStore(), namespace)
 
 
 def flags_off(redis_url: str, namespace: str) -> Built:
-    return _gated(post_policy(), MemoryStore(), namespace, StaticRollout(Decision()))
+    return gated(post_policy(), MemoryStore(), namespace, StaticRollout(Decision()))
 
 
 def hit_memory(redis_url: str, namespace: str) -> Built:
-    return _gated(post_policy(), MemoryStore(), namespace)
+    return gated(post_policy(), MemoryStore(), namespace)
 
 
 def hit_redis(redis_url: str, namespace: str) -> Built:
-    return _gated(post_policy(), redis_store(redis_url), namespace)
+    return gated(post_policy(), redis_store(redis_url), namespace)
 
 
 def hit_memory_rollout(rollout: Rollout, namespace: str) -> Built:
     """The memory hit path with a given rollout (the flag-cost group)."""
-    return _gated(post_policy(), MemoryStore(), namespace, rollout)
+    return gated(post_policy(), MemoryStore(), namespace, rollout)
 
 
 def _floor_app(redis_url: str, namespace: str, method: str) -> Built:

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from benchmarks import apps
-from benchmarks.harness import Samples, time_async, time_sync
+from benchmarks.harness import Samples, time_sync
 from cachegate.rollout import Decision
 
 if TYPE_CHECKING:
@@ -114,7 +114,7 @@ def _decide_costs(quick: bool) -> dict[str, Samples]:
 
 
 async def _hit_path(quick: bool) -> dict[str, Samples]:
-    from benchmarks.l1 import Driver
+    from benchmarks.l1 import time_apps
     from cachegate import StaticRollout
     from cachegate.flags import FlagRollout, OfflineFlags, stage_path
     from cachegate.rollout import Rollout
@@ -129,21 +129,7 @@ async def _hit_path(quick: bool) -> dict[str, Samples]:
         name: apps.hit_memory_rollout(rollout, f"cgbench-flags{i}")
         for i, (name, rollout) in enumerate(rollouts.items())
     }
-    drivers = {name: Driver(item.app, get=False) for name, item in built.items()}
-    try:
-        for driver in drivers.values():
-            await driver()
-            await driver()
-            driver.check("hit_memory")
-        return await time_async(
-            dict(drivers.items()),
-            warmup=200,
-            iterations=2_000 if quick else 20_000,
-            rounds=4 if quick else 10,
-        )
-    finally:
-        for item in built.values():
-            await item.aclose()
+    return await time_apps(built, quick=quick, expect="hit_memory")
 
 
 def run(*, quick: bool) -> FlagResult:

@@ -26,7 +26,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from benchmarks import apps
-from benchmarks.harness import REPO, Samples, time_async
+from benchmarks.harness import REPO, Samples
+from benchmarks.tables import table, us
 
 if TYPE_CHECKING:
     from cachegate.store import RedisStore
@@ -83,49 +84,23 @@ def _stores() -> tuple[type[RedisStore], type[RedisStore]]:
     return NoEpochCheck, TimeoutInTask
 
 
-def _gated(store: Any, namespace: str) -> apps.Built:
-    from cachegate import CacheGate, CacheGateMiddleware
-
-    gate = CacheGate(policies=[apps.post_policy()], store=store, namespace=namespace)
-    app = apps.starlette_app()
-    app.add_middleware(CacheGateMiddleware, gate=gate)
-    return apps.Built(app, gate)
-
-
 async def hit_path(redis_url: str, namespace: str, quick: bool) -> dict[str, Samples]:
-    from benchmarks.l1 import Driver
+    from benchmarks.l1 import time_apps
     from cachegate.store import RedisStore
 
     no_epoch, in_task = _stores()
-    built = {
-        "hit, RedisStore (shipped)": _gated(
-            RedisStore.from_url(redis_url, deadline=1.0), f"{namespace}fr0"
-        ),
-        "hit, no epoch check": _gated(
-            no_epoch.from_url(redis_url, deadline=1.0), f"{namespace}fr1"
-        ),
-        "hit, deadline in the request's task (before)": _gated(
-            in_task.from_url(redis_url, deadline=1.0), f"{namespace}fr2"
-        ),
+    stores: dict[str, type[RedisStore]] = {
+        "hit, RedisStore (shipped)": RedisStore,
+        "hit, no epoch check": no_epoch,
+        "hit, deadline in the request's task (before)": in_task,
     }
-    drivers = {name: Driver(item.app, get=False) for name, item in built.items()}
-    try:
-        for driver in drivers.values():
-            await driver()
-            await driver()
-            driver.check("hit_memory")
-        samples = await time_async(
-            dict(drivers.items()),
-            warmup=100 if quick else 1_000,
-            iterations=2_000 if quick else 20_000,
-            rounds=4 if quick else 10,
+    built = {
+        name: apps.gated(
+            apps.post_policy(), kind.from_url(redis_url, deadline=1.0), f"{namespace}fr{i}"
         )
-        for driver in drivers.values():
-            driver.check("hit_memory")
-        return samples
-    finally:
-        for item in built.values():
-            await item.aclose()
+        for i, (name, kind) in enumerate(stores.items())
+    }
+    return await time_apps(built, quick=quick, expect="hit_memory")
 
 
 def _tenant_on(cluster: Any, namespace: str, node: Any, *, other: bool) -> str:
@@ -155,7 +130,7 @@ async def cluster_fault(namespace: str, quick: bool) -> tuple[list[FaultRow], fl
     cluster.start()
     try:
         store = RedisStore.from_url(cluster.url, cluster=True, deadline=DEADLINE)
-        built = _gated(store, namespace)
+        built = apps.gated(apps.post_policy(), store, namespace)
         await store.start()
         victim = cluster.nodes[1]
         tenants = {
@@ -229,15 +204,6 @@ def run(redis_url: str, namespace: str, *, quick: bool) -> FreshnessResult:
     return result
 
 
-def _us(ns: float) -> str:
-    return f"{ns / 1e3:,.2f} µs" if ns < 1e6 else f"{ns / 1e6:,.1f} ms"
-
-
-def _table(header: list[str], rows: list[list[str]]) -> list[str]:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    return lines + ["| " + " | ".join(row) + " |" for row in rows]
-
-
 def render(result: FreshnessResult) -> list[str]:
     """The report section (called by `report.render`)."""
     lines = ["## 8. Freshness under faults (issue 11)", ""]
@@ -249,8 +215,8 @@ def render(result: FreshnessResult) -> list[str]:
     base = result.hit["hit, RedisStore (shipped)"].median
     rows = []
     for name, s in result.hit.items():
-        rows.append([name, _us(s.median), _us(s.p95), f"{s.median / base:.3f}x"])
-    lines += _table(["variant", "median", "p95", "ratio vs shipped"], rows)
+        rows.append([name, us(s.median), us(s.p95), f"{s.median / base:.3f}x"])
+    lines += table(["variant", "median", "p95", "ratio vs shipped"], rows)
     lines += ["", "Fault recovery: a Redis Cluster master SIGKILLed (50 ms store deadline):", ""]
     if result.note:
         return [*lines, f"Not run: {result.note}.", ""]
@@ -264,14 +230,14 @@ def render(result: FreshnessResult) -> list[str]:
                 s.name,
                 str(row.requests),
                 paths,
-                _us(s.median),
-                _us(s.p95),
-                _us(max(s.values, default=0.0)),
+                us(s.median),
+                us(s.p95),
+                us(max(s.values, default=0.0)),
                 str(row.worst_calls),
-                _us(bound),
+                us(bound),
             ]
         )
-    lines += _table(
+    lines += table(
         [
             "tenant",
             "requests",
@@ -286,7 +252,7 @@ def render(result: FreshnessResult) -> list[str]:
     )
     lines += [
         "",
-        f"Added wait = request time minus the bare app's median ({_us(result.fresh_ns)}).",
+        f"Added wait = request time minus the bare app's median ({us(result.fresh_ns)}).",
         "",
     ]
     return lines
@@ -294,21 +260,9 @@ def render(result: FreshnessResult) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     """`python -m benchmarks.freshness [--quick]`: this group alone, printed."""
-    import argparse
+    from benchmarks.harness import run_alone
 
-    from benchmarks.harness import RedisServer, delete_prefix
-
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.freshness")
-    parser.add_argument("--quick", action="store_true")
-    args = parser.parse_args(argv)
-    namespace = "cgbenchfresh"
-    with RedisServer() as server:
-        try:
-            result = run(server.url, namespace, quick=args.quick)
-        finally:
-            delete_prefix(server.url, namespace)
-    print("\n".join(render(result)))
-    return 0
+    return run_alone("benchmarks.freshness", "cgbenchfresh", run, render, argv)
 
 
 if __name__ == "__main__":

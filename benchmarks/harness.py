@@ -59,6 +59,17 @@ class Samples:
         return len(self.values)
 
 
+def _rounds(
+    variants: dict[str, Any], samples: dict[str, Samples], iterations: int, rounds: int
+) -> Iterator[tuple[Any, list[float], int]]:
+    """Each round, each variant in turn: its call, where its samples go, and how many to take."""
+    per_round = max(iterations // rounds, 1)
+    for _ in range(rounds):
+        for name, call in variants.items():
+            gc.collect()
+            yield call, samples[name].values, per_round
+
+
 async def time_async(
     variants: dict[str, Callable[[], Awaitable[Any]]],
     *,
@@ -72,15 +83,11 @@ async def time_async(
     for call in variants.values():
         for _ in range(warmup):
             await call()
-    per_round = max(iterations // rounds, 1)
-    for _ in range(rounds):
-        for name, call in variants.items():
-            gc.collect()
-            values = samples[name].values
-            for _ in range(per_round):
-                start = clock()
-                await call()
-                values.append(clock() - start)
+    for call, values, count in _rounds(variants, samples, iterations, rounds):
+        for _ in range(count):
+            start = clock()
+            await call()
+            values.append(clock() - start)
     return samples
 
 
@@ -98,16 +105,12 @@ def time_sync(
     for call in variants.values():
         for _ in range(warmup):
             call()
-    per_round = max(iterations // rounds, 1)
-    for _ in range(rounds):
-        for name, call in variants.items():
-            gc.collect()
-            values = samples[name].values
-            for _ in range(per_round):
-                start = clock()
-                for _ in range(batch):
-                    call()
-                values.append((clock() - start) / batch)
+    for call, values, count in _rounds(variants, samples, iterations, rounds):
+        for _ in range(count):
+            start = clock()
+            for _ in range(batch):
+                call()
+            values.append((clock() - start) / batch)
     return samples
 
 
@@ -211,6 +214,28 @@ class RedisServer:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def run_alone(
+    prog: str,
+    namespace: str,
+    run: Callable[..., Any],
+    render: Callable[[Any], list[str]],
+    argv: list[str] | None,
+) -> int:
+    """One group by itself (`python -m <prog> [--quick]`) on a private Redis; prints its section."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog=f"python -m {prog}")
+    parser.add_argument("--quick", action="store_true")
+    args = parser.parse_args(argv)
+    with RedisServer() as server:
+        try:
+            result = run(server.url, namespace, quick=args.quick)
+        finally:
+            delete_prefix(server.url, namespace)
+    print("\n".join(render(result)))
+    return 0
 
 
 def delete_prefix(url: str, prefix: str) -> int:
@@ -363,3 +388,29 @@ def _memory() -> str:
 
 def python_executable() -> str:
     return sys.executable
+
+
+def relative_paths(text: str) -> str:
+    """`text` without this machine's paths: the environment's, the repository's, the stdlib's."""
+    import sysconfig
+
+    paths = sysconfig.get_paths()
+    prefixes = {paths["purelib"], paths["platlib"], str(REPO), paths["stdlib"]}
+    for prefix in sorted(prefixes, key=len, reverse=True):
+        text = text.replace(prefix + os.sep, "")
+    return text
+
+
+def call_tree(profiler: Any, *, show: str = "") -> str:
+    """A pyinstrument profile as text: the call tree, then the functions by own time.
+
+    Library frames are folded into one line each run, except those whose file path matches
+    `show` (a regular expression, e.g. the client library a hot path spends its time in).
+    """
+    options = {"show_regex": show} if show else None
+    tree = profiler.output_text(unicode=True, color=False, processor_options=options)
+    flat = profiler.output_text(unicode=True, color=False, flat=True).splitlines()
+    start = next((i + 1 for i, line in enumerate(flat) if line.startswith("Profile at")), 0)
+    own = [line for line in flat[start:] if line.strip()][:40]
+    text = tree + "\n\nOwn time by function (the 40 largest):\n\n" + "\n".join(own) + "\n"
+    return relative_paths(text)

@@ -3,7 +3,8 @@
 The tenant's N entries are created under CacheGate's real key layout
 (`{namespace}:{t:<tag>}:r:<n>`) with `DEBUG POPULATE` on the private server (pipelined SETs
 when DEBUG is refused). Then, with the N entries present, `gate.invalidate(tenant)` is timed
-many times (one round trip: SET NX + INCR + EXPIRE pipelined), and SCAN+DEL of the tenant's
+many times (one round trip: SET NX + INCR + EXPIRE pipelined), interleaved with one raw INCR
+(the floor of any one-round-trip invalidation), and SCAN+DEL of the tenant's
 entry prefix (SCAN COUNT 1000, DEL per 1000 keys: what a cache without generations must do) is
 timed on fresh copies of the same N entries. The keyspace holds only those entries, which is
 the most favourable case for SCAN.
@@ -16,7 +17,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from benchmarks.harness import RoundTrips, Samples, delete_prefix
+from benchmarks.harness import RoundTrips, Samples, delete_prefix, time_async
 
 TENANT = "ws-invalidate"
 VALUE_BYTES = 1200
@@ -26,6 +27,8 @@ VALUE_BYTES = 1200
 class InvalidationResult:
     sizes: list[int] = field(default_factory=list)
     invalidate: dict[int, Samples] = field(default_factory=dict)
+    incr: dict[int, Samples] = field(default_factory=dict)
+    """The floor: one raw INCR round trip, timed interleaved with `invalidate`."""
     scan_del: dict[int, Samples] = field(default_factory=dict)
     scan_del_round_trips: dict[int, int] = field(default_factory=dict)
     invalidate_round_trips: int = 0
@@ -79,22 +82,28 @@ async def run(redis_url: str, namespace: str, *, quick: bool) -> InvalidationRes
         namespace=namespace,
     )
     clock = time.perf_counter_ns
+    counter = f"{namespace}:incr-floor"
+
+    async def invalidate() -> None:
+        if not await gate.invalidate(TENANT):
+            raise RuntimeError("an invalidation was not acknowledged")
+
+    async def incr() -> None:
+        await client.incr(counter)
+
     try:
         for size in sizes:
             result.populate = await _populate(client, tag_prefix, size)
             if await client.dbsize() < size:
                 raise RuntimeError(f"populating {size} entries failed")
-            samples = Samples(f"invalidate {size}")
-            iterations = 300 if quick else 3_000
-            for _ in range(100):
-                await gate.invalidate(TENANT)
-            for _ in range(iterations):
-                start = clock()
-                acknowledged = await gate.invalidate(TENANT)
-                samples.values.append(clock() - start)
-                if not acknowledged:
-                    raise RuntimeError("an invalidation was not acknowledged")
-            result.invalidate[size] = samples
+            timed = await time_async(
+                {"invalidate": invalidate, "INCR": incr},
+                warmup=100,
+                iterations=300 if quick else 3_000,
+                rounds=3 if quick else 10,
+            )
+            result.invalidate[size] = timed["invalidate"]
+            result.incr[size] = timed["INCR"]
             if not result.invalidate_round_trips:
                 with RoundTrips().counting() as trips:
                     await gate.invalidate(TENANT)

@@ -135,29 +135,51 @@ class InProcess:
     store: dict[str, Samples]
 
 
+async def checked_drivers(
+    built: dict[str, apps.Built], expect: str | None = None
+) -> dict[str, Driver]:
+    """A driver per app, each past its first request (a hit variant's miss fills the cache)
+    and checked against `EXPECTED_HEADER[expect]` (its own name when `expect` is None)."""
+    drivers = {name: Driver(item.app, get=name in apps.GET_APPS) for name, item in built.items()}
+    for name, driver in drivers.items():
+        await driver()
+        await driver()
+        driver.check(expect or name)
+    return drivers
+
+
+async def time_apps(
+    built: dict[str, apps.Built], *, quick: bool, expect: str | None = None
+) -> dict[str, Samples]:
+    """Each app one request at a time, rounds interleaved, checked before and after (see
+    `checked_drivers`); the apps are closed after."""
+    try:
+        drivers = await checked_drivers(built, expect)
+        samples = await time_async(
+            dict(drivers.items()),
+            warmup=100 if quick else 1_000,
+            iterations=requests(quick),
+            rounds=4 if quick else 10,
+        )
+        for name, driver in drivers.items():
+            driver.check(expect or name)
+        return samples
+    finally:
+        for item in built.values():
+            await item.aclose()
+
+
+def requests(quick: bool) -> int:
+    """How many requests each in-process variant is timed over."""
+    return 2_000 if quick else 20_000
+
+
 async def in_process(redis_url: str, namespace: str, *, quick: bool) -> InProcess:
     """Every app, one request at a time, interleaved rounds, per-request timings."""
     await seed_floor(redis_url, namespace)
     built = {name: factory(redis_url, namespace) for name, factory in apps.APPS.items()}
-    drivers = {name: Driver(item.app, get=name in apps.GET_APPS) for name, item in built.items()}
-    try:
-        for name, driver in drivers.items():
-            await driver()  # the first request of a hit variant is its miss, filling the cache
-            await driver()
-            driver.check(name)
-        iterations = 2_000 if quick else 20_000
-        samples = await time_async(
-            dict(drivers.items()),
-            warmup=100 if quick else 1_000,
-            iterations=iterations,
-            rounds=4 if quick else 10,
-        )
-        for name, driver in drivers.items():
-            driver.check(name)
-    finally:
-        for item in built.values():
-            await item.aclose()
-    return InProcess(samples, iterations, await store_costs(redis_url, namespace, quick=quick))
+    samples = await time_apps(built, quick=quick)
+    return InProcess(samples, requests(quick), await store_costs(redis_url, namespace, quick=quick))
 
 
 async def store_costs(redis_url: str, namespace: str, *, quick: bool) -> dict[str, Samples]:
@@ -404,7 +426,7 @@ def over_uvicorn(redis_url: str, namespace: str, *, quick: bool) -> OverHttp:
                 process = subprocess.Popen(pinned(command, 0), cwd=REPO, env=env)
                 servers[name] = (process, port)
             for name, (_, port) in servers.items():
-                wait_for_port(port)
+                wait_for_port(port, 90.0)  # eleven workers import at once on one CPU
                 _probe(name, port)
                 _probe(name, port)
             for name, (_, port) in servers.items():

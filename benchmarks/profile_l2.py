@@ -2,8 +2,8 @@
 
 96 cached 1024-d texts through `CachedEmbedder` on a private redis-server, profiled with
 pyinstrument (pinned in `benchmarks/requirements.txt`); prints the median time of the floor
-(MGET + decode to lists) and of CacheGate beside it, for quick iteration. The committed trees
-are under `benchmarks/results/profile-l2-all-hit*.txt`.
+(MGET + decode to lists) and of CacheGate beside it, for quick iteration. `make profile`
+(`benchmarks.profiles`) writes its tree to `benchmarks/results/profile-l2-all-hit.txt`.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks.harness import REPO, RedisServer
+from benchmarks.harness import RedisServer, call_tree
 from benchmarks.l2 import BATCH, CohereProcess, cachegate_system, floor_system, fresh_texts
 
 
@@ -52,13 +52,11 @@ async def profile(redis_url: str, cohere_url: str, calls: int) -> str:
         for _ in range(calls):
             await cached.embed(hot)
         profiler.stop()
-        text: str = profiler.output_text(unicode=True, color=False, show_all=False)
-        text = text.replace(f"{REPO}/", "")  # no machine paths in the committed trees
         return (
             f"# L2 all-hit: {calls} calls of {BATCH} cached 1024-d texts, "
             "CachedEmbedder over RedisStore (pyinstrument)\n"
             f"# floor {floor_ms:.2f} ms, CacheGate {cached_ms:.2f} ms median per call: "
-            f"{cached_ms / floor_ms:.2f}x\n\n" + text
+            f"{cached_ms / floor_ms:.2f}x\n\n" + call_tree(profiler)
         )
     finally:
         await floor.close()

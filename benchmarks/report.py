@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from statistics import median
 from typing import Any
 
+from benchmarks import targets
 from benchmarks.encryption import EncryptionResult
 from benchmarks.encryption import render as render_encryption
 from benchmarks.flag_cost import FlagResult
@@ -16,9 +16,10 @@ from benchmarks.harness import Samples
 from benchmarks.invalidation import InvalidationResult
 from benchmarks.l1 import InProcess, OverHttp
 from benchmarks.l2 import BATCH, HIT_RATES, L2Result
-
-ORIGINAL_HIT_MS = 20.0
-"""The original plan's reported L1 hit latency."""
+from benchmarks.streaming import StreamingResult
+from benchmarks.streaming import render as render_streaming
+from benchmarks.tables import div, table, timings, us, x
+from benchmarks.targets import cpu_per_request
 
 LABELS = {
     "bare": "bare Starlette POST endpoint",
@@ -49,41 +50,6 @@ GROUPS: list[tuple[str, str, list[str]]] = [
 ]
 
 
-@dataclass
-class Target:
-    text: str
-    measured: str
-    ratio: float
-    limit: float
-    at_most: bool
-
-    @property
-    def met(self) -> bool:
-        if math.isnan(self.ratio):
-            return False
-        return self.ratio <= self.limit if self.at_most else self.ratio >= self.limit
-
-
-def us(ns: float) -> str:
-    if math.isnan(ns):
-        return "n/a"
-    if ns >= 10_000_000:
-        return f"{ns / 1e6:,.1f} ms"
-    if ns >= 1_000_000:
-        return f"{ns / 1e6:,.2f} ms"
-    if ns < 1_000:
-        return f"{ns:,.0f} ns"
-    return f"{ns / 1e3:,.1f} µs"
-
-
-def x(ratio: float) -> str:
-    return "n/a" if math.isnan(ratio) else f"{ratio:.2f}x"
-
-
-def _div(a: float, b: float) -> float:
-    return a / b if b and not math.isnan(a) and not math.isnan(b) else float("nan")
-
-
 def _rps(http: OverHttp, name: str) -> float:
     results = http.rps.get(name) or []
     return median([r.requests_per_second for r in results]) if results else float("nan")
@@ -94,156 +60,33 @@ def _p50(http: OverHttp, name: str) -> float:
     return median([r.p50_ms for r in results]) if results else float("nan")
 
 
-def _cpu(http: OverHttp, name: str) -> float:
-    """The uvicorn worker's CPU time per request, over all rounds, in µs."""
-    results = [r for r in http.rps.get(name) or [] if not math.isnan(r.server_cpu_s)]
-    requests = sum(r.requests for r in results)
-    return sum(r.server_cpu_s for r in results) / requests * 1e6 if requests else float("nan")
+def _heading(title: str, available: bool, note: str) -> list[str]:
+    """A group's heading, and why it did not run when it did not."""
+    return [title, ""] if available else [title, "", f"Not run: {note}.", ""]
 
 
 def _errors(http: OverHttp, name: str) -> int:
     return sum(r.errors for r in http.rps.get(name) or [])
 
 
-def targets(
-    inproc: InProcess | None,
-    http: OverHttp | None,
-    l2: L2Result | None,
-    inval: InvalidationResult | None,
-) -> list[Target]:
-    out: list[Target] = []
-    if inproc is not None:
-        s = inproc.samples
-        out.append(
-            Target(
-                "No policy on the route: within 3 % of bare (in-process p50)",
-                f"{us(s['no_policy'].median)} vs {us(s['bare'].median)}",
-                _div(s["no_policy"].median, s["bare"].median),
-                1.03,
-                True,
-            )
-        )
-        out.append(
-            Target(
-                "Every flag off on a cached route: within 10 % of bare plus the body read "
-                "(in-process p50)",
-                f"{us(s['flags_off'].median)} vs {us(s['body_read'].median)} (vs bare "
-                f"{us(s['bare'].median)}: {x(_div(s['flags_off'].median, s['bare'].median))})",
-                _div(s["flags_off"].median, s["body_read"].median),
-                1.10,
-                True,
-            )
-        )
-        out.append(
-            Target(
-                "Hit path: at most 1.5x the one-GET floor in-process (p50, RedisStore)",
-                f"{us(s['hit_redis'].median)} vs {us(s['floor_post'].median)}",
-                _div(s["hit_redis"].median, s["floor_post"].median),
-                1.5,
-                True,
-            )
-        )
-    if http is not None and http.available:
-        out.append(
-            Target(
-                "Hit path: at least 0.75x the floor's requests/s over uvicorn (RedisStore)",
-                f"{_rps(http, 'hit_redis'):,.0f} vs {_rps(http, 'floor_post'):,.0f} req/s",
-                _div(_rps(http, "hit_redis"), _rps(http, "floor_post")),
-                0.75,
-                False,
-            )
-        )
-        out.append(
-            Target(
-                "Hit path: at least 2x fastapi-cache2's throughput (uvicorn, same GET endpoint)",
-                f"{_rps(http, 'fastapi_cachegate_get'):,.0f} vs "
-                f"{_rps(http, 'fastapi_cache2_get'):,.0f} req/s",
-                _div(_rps(http, "fastapi_cachegate_get"), _rps(http, "fastapi_cache2_get")),
-                2.0,
-                False,
-            )
-        )
-        single = http.single.get("hit_redis")
-        if single is not None:
-            out.append(
-                Target(
-                    f"Hit path: at least 20x faster than the original {ORIGINAL_HIT_MS:.0f} ms "
-                    "hit (p50 over uvicorn, one connection)",
-                    f"{single.p50_ms * 1000:,.0f} µs",
-                    _div(ORIGINAL_HIT_MS, single.p50_ms),
-                    20.0,
-                    False,
-                )
-            )
-    if l2 is not None:
-        floor, ours = l2.systems[0], l2.systems[1]
-        trips = l2.round_trips.get((ours, 100), -1)
-        out.append(
-            Target(
-                f"L2 all-hit batch of {BATCH}: one store round trip",
-                f"{trips} round trip(s), {l2.commands.get((ours, 100), -1)} command(s)",
-                float(trips),
-                1.0,
-                True,
-            )
-        )
-        ours_t = l2.samples[ours, 100].median
-        out.append(
-            Target(
-                f"L2 all-hit batch of {BATCH}: within 1.5x of the raw MGET-and-decode floor",
-                f"{us(ours_t)} vs {us(l2.samples[floor, 100].median)}",
-                _div(ours_t, l2.samples[floor, 100].median),
-                1.5,
-                True,
-            )
-        )
-        for peer in l2.systems[2:]:
-            out.append(
-                Target(
-                    f"L2 all-hit batch: at least 5x faster than {peer}",
-                    f"{us(l2.samples[peer, 100].median)} vs {us(ours_t)}",
-                    _div(l2.samples[peer, 100].median, ours_t),
-                    5.0,
-                    False,
-                )
-            )
-        for peer in l2.systems[2:4]:
-            out.append(
-                Target(
-                    f"L2 bytes per vector: at most 0.3x {peer}'s JSON (MEMORY USAGE)",
-                    f"{l2.sizes[ours].memory_usage:,.0f} vs {l2.sizes[peer].memory_usage:,.0f} B",
-                    _div(l2.sizes[ours].memory_usage, l2.sizes[peer].memory_usage),
-                    0.3,
-                    True,
-                )
-            )
-    if inval is not None and inval.sizes:
-        small, large = inval.sizes[0], inval.sizes[-1]
-        out.append(
-            Target(
-                f"Invalidation flat from {small:,} to {large:,} entries (p50 ratio at most 1.5)",
-                f"{us(inval.invalidate[large].median)} vs {us(inval.invalidate[small].median)}",
-                _div(inval.invalidate[large].median, inval.invalidate[small].median),
-                1.5,
-                True,
-            )
-        )
-        out.append(
-            Target(
-                f"…while SCAN+DEL grows with the count ({large:,} vs {small:,}; 'grows' = 10x+)",
-                f"{us(inval.scan_del[large].median)} vs {us(inval.scan_del[small].median)}",
-                _div(inval.scan_del[large].median, inval.scan_del[small].median),
-                10.0,
-                False,
-            )
-        )
-    return out
+@dataclass
+class Measured:
+    """What one run measured, group by group (None: the group did not run)."""
+
+    inprocess: InProcess | None = None
+    uvicorn: OverHttp | None = None
+    l2: L2Result | None = None
+    invalidation: InvalidationResult | None = None
+    flags: FlagResult | None = None
+    encryption: EncryptionResult | None = None
+    streaming: StreamingResult | None = None
+    kill_switch: dict[str, Any] | None = None
+    freshness: FreshnessResult | None = None
 
 
-def _table(header: list[str], rows: list[list[str]]) -> list[str]:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(row) + " |" for row in rows]
-    return lines
+def target_rows(measured: Measured) -> list[targets.Row]:
+    """The issue's table from what this run measured."""
+    return targets.rows(measured.inprocess, measured.uvicorn, measured.l2, measured.invalidation)
 
 
 def render(
@@ -251,18 +94,13 @@ def render(
     title: str,
     machine: dict[str, str],
     settings: list[str],
-    inproc: InProcess | None,
-    http: OverHttp | None,
-    l2: L2Result | None,
-    inval: InvalidationResult | None,
-    flags: FlagResult | None,
+    measured: Measured,
     notes: list[str],
-    encryption: EncryptionResult | None = None,
-    kill_switch: dict[str, Any] | None = None,
-    freshness: FreshnessResult | None = None,
 ) -> str:
+    inproc, http, l2 = measured.inprocess, measured.uvicorn, measured.l2
+    inval, flags = measured.invalidation, measured.flags
     lines = [f"# {title}", ""]
-    lines += _table(["machine", ""], [[k, v] for k, v in machine.items()])
+    lines += table(["machine", ""], [[k, v] for k, v in machine.items()])
     lines += ["", "How: " + " ".join(settings), ""]
     lines += [
         "What each group measures and how to reproduce: [benchmarks/README.md](../README.md) "
@@ -270,23 +108,7 @@ def render(
         "",
     ]
 
-    found = targets(inproc, http, l2, inval)
-    lines += ["## Targets (issue 6)", ""]
-    lines += _table(
-        ["target", "measured", "ratio", "limit", "met"],
-        [
-            [
-                t.text,
-                t.measured,
-                x(t.ratio) if "round trip" not in t.text else f"{t.ratio:.0f}",
-                ("≤ " if t.at_most else "≥ ")
-                + (f"{t.limit:.2f}x" if "round trip" not in t.text else f"{t.limit:.0f}"),
-                "**met**" if t.met else "**not met**",
-            ]
-            for t in found
-        ],
-    )
-    lines.append("")
+    lines += targets.render(target_rows(measured))
 
     if inproc is not None:
         lines += [
@@ -305,30 +127,23 @@ def render(
                         LABELS[name],
                         us(s.median),
                         us(s.p95),
-                        x(_div(s.median, inproc.samples[base].median)),
+                        x(div(s.median, inproc.samples[base].median)),
                     ]
                 )
-            lines += _table(["variant", "median", "p95", f"ratio vs {base}"], rows)
+            lines += table(["variant", "median", "p95", f"ratio vs {base}"], rows)
             lines.append("")
         if inproc.store:
             lines += [
                 "### Where a Redis hit's store time goes (one call, same private Redis)",
                 "",
             ]
-            names = list(inproc.store)
-            base_store = inproc.store[names[0]].median
-            rows = [
-                [name, us(s.median), us(s.p95), x(_div(s.median, base_store))]
-                for name, s in inproc.store.items()
-            ]
-            lines += _table(["call", "median", "p95", "ratio vs raw GET"], rows)
+            first = next(iter(inproc.store))
+            lines += timings("call", inproc.store, first, "raw GET")
             lines.append("")
 
     if http is not None:
-        lines += ["## L1 over uvicorn (requests/s)", ""]
-        if not http.available:
-            lines += [f"Not run: {http.note}.", ""]
-        else:
+        lines += _heading("## L1 over uvicorn (requests/s)", http.available, http.note)
+        if http.available:
             lines += [
                 f"One uvicorn worker per app (uvloop, httptools) on CPU 0; `wrk -t1 -c"
                 f"{http.connections} -d{http.duration:.0f}s` on CPU 1; median of {http.rounds} "
@@ -346,13 +161,13 @@ def render(
                             LABELS[name],
                             f"{_rps(http, name):,.0f}",
                             f"{_p50(http, name) * 1000:,.0f} µs",
-                            x(_div(_rps(http, name), _rps(http, base))),
-                            f"{_cpu(http, name):,.0f} µs",
-                            x(_div(_cpu(http, name), _cpu(http, base))),
+                            x(div(_rps(http, name), _rps(http, base))),
+                            f"{cpu_per_request(http, name):,.0f} µs",
+                            x(div(cpu_per_request(http, name), cpu_per_request(http, base))),
                             str(_errors(http, name)),
                         ]
                     )
-                lines += _table(
+                lines += table(
                     [
                         "variant",
                         "req/s",
@@ -376,10 +191,10 @@ def render(
                             f"{result.p50_ms * 1000:,.0f} µs",
                             f"{result.p99_ms * 1000:,.0f} µs",
                             f"{result.requests_per_second:,.0f}",
-                            x(_div(result.p50_ms, base_single.p50_ms if base_single else 0.0)),
+                            x(div(result.p50_ms, base_single.p50_ms if base_single else 0.0)),
                         ]
                     )
-                lines += _table(["variant", "p50", "p99", "req/s", "p50 ratio vs floor_post"], rows)
+                lines += table(["variant", "p50", "p99", "req/s", "p50 ratio vs floor_post"], rows)
                 lines.append("")
 
     if l2 is not None:
@@ -403,12 +218,12 @@ def render(
                         name,
                         us(s.median),
                         us(s.p95),
-                        x(_div(s.median, l2.samples[floor, rate].median)),
+                        x(div(s.median, l2.samples[floor, rate].median)),
                         str(l2.round_trips[name, rate]),
                         str(l2.commands[name, rate]),
                     ]
                 )
-            lines += _table(
+            lines += table(
                 ["cache", "median", "p95", "ratio vs floor", "round trips", "commands"], rows
             )
             lines.append("")
@@ -420,11 +235,11 @@ def render(
                 size.kind,
                 f"{size.memory_usage:,.0f}",
                 f"{size.payload:,.0f}",
-                x(_div(size.memory_usage, reference)),
+                x(div(size.memory_usage, reference)),
             ]
             for name, size in l2.sizes.items()
         ]
-        lines += _table(
+        lines += table(
             [
                 "cache",
                 "Redis type",
@@ -453,15 +268,15 @@ def render(
                     f"{size:,}",
                     us(inv.median),
                     us(inv.p95),
-                    x(_div(inv.median, inval.invalidate[small].median)),
+                    x(div(inv.median, inval.invalidate[small].median)),
                     str(inval.invalidate_round_trips),
                     us(scan.median),
                     f"{scan.count}",
-                    x(_div(scan.median, inval.invalidate[size].median)),
+                    x(div(scan.median, inval.invalidate[size].median)),
                     str(inval.scan_del_round_trips.get(size, "")),
                 ]
             )
-        lines += _table(
+        lines += table(
             [
                 "entries",
                 "invalidate p50",
@@ -478,42 +293,33 @@ def render(
         lines.append("")
 
     if flags is not None:
-        lines += ["## 6. Flag evaluation cost per request", ""]
-        if not flags.available:
-            lines += [f"Not run: {flags.note}.", ""]
-        else:
+        lines += _heading("## 6. Flag evaluation cost per request", flags.available, flags.note)
+        if flags.available:
             lines += [
                 f"`flags/{flags.stage}.json` evaluated offline by the Unleash SDK, 1,000 "
                 "tenants; each sample is the mean decision time over one pass.",
                 "",
             ]
-            memoised = flags.decide["FlagRollout.decide, memoised"].median
-            rows = [
-                [name, us(s.median), us(s.p95), x(_div(s.median, memoised))]
-                for name, s in flags.decide.items()
-            ]
-            lines += _table(["decision", "median", "p95", "ratio vs memoised"], rows)
+            memoised = "FlagRollout.decide, memoised"
+            lines += timings("decision", flags.decide, memoised, "memoised")
             lines += [
                 "",
                 f"Where it is paid: the in-process MemoryStore hit path, `flags/"
                 f"{flags.hit_stage}.json`.",
                 "",
             ]
-            static = flags.hit_path["hit path, StaticRollout"].median
-            rows = [
-                [name, us(s.median), us(s.p95), x(_div(s.median, static))]
-                for name, s in flags.hit_path.items()
-            ]
-            lines += _table(["request", "median", "p95", "ratio vs StaticRollout"], rows)
+            static = "hit path, StaticRollout"
+            lines += timings("request", flags.hit_path, static, "StaticRollout")
             lines.append("")
 
-    if encryption is not None:
-        lines += render_encryption(encryption)
-    if freshness is not None:
-        lines += render_freshness(freshness)
-
-    if kill_switch is not None:
-        lines += render_kill_switch(kill_switch)
+    if measured.encryption is not None:
+        lines += render_encryption(measured.encryption)
+    if measured.freshness is not None:
+        lines += render_freshness(measured.freshness)
+    if measured.kill_switch is not None:
+        lines += render_kill_switch(measured.kill_switch)
+    if measured.streaming is not None:
+        lines += render_streaming(measured.streaming)
 
     if notes:
         lines += ["## Notes", ""] + [f"- {note}" for note in notes] + [""]
@@ -531,7 +337,7 @@ def render_kill_switch(result: dict[str, Any]) -> list[str]:
         "(what an autopilot rollback or a person's kill switch waits for).",
         "",
     ]
-    lines += _table(
+    lines += table(
         ["rounds", "median", "max"],
         [[str(len(effects)), f"{median(effects):.2f} s", f"{effects[-1]:.2f} s"]],
     )
@@ -542,7 +348,7 @@ def render_kill_switch(result: dict[str, Any]) -> list[str]:
         f"{result['window_seconds']:g} s (unchanged flags: 304 answers).",
         "",
     ]
-    lines += _table(
+    lines += table(
         ["poll interval", "polls per second", "server CPU (share of one core)"],
         [
             [
