@@ -96,9 +96,8 @@ class ModelStream:
 
 
 def _gate(store: Store, namespace: str, paced: bool) -> CacheGate:
-    from prometheus_client import CollectorRegistry
 
-    from cachegate import CacheGate, Limits, Metrics
+    from cachegate import CacheGate, Limits
     from cachegate.policy import Pacing, Policy, Streams, trusted_header
 
     streams = Streams(pacing=Pacing.PACED if paced else Pacing.BURST, cap=1.0)
@@ -112,7 +111,6 @@ def _gate(store: Store, namespace: str, paced: bool) -> CacheGate:
         policies=[policy],
         store=store,
         namespace=namespace,
-        metrics=Metrics(registry=CollectorRegistry()),
         limits=Limits(max_entry_bytes=1 << 20),
     )
 
