@@ -25,6 +25,7 @@ from cachegate.policy import (
     query_param,
     trusted_header,
 )
+from cachegate.renamed import renamed
 from cachegate.rollout import Decision, Mode, StaticRollout, current_decision
 from cachegate.store import MemoryStore, RedisStore
 
@@ -62,11 +63,8 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> object:
-    """`Scope` was renamed: in CacheGate `scope` means the ASGI scope, as in Starlette."""
-    if name == "Scope":
-        raise ImportError(
-            "cachegate.Scope is now cachegate.CacheScope (the tenant and subject of an entry); "
-            "'scope' means the ASGI scope"
-        )
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+_ASGI = "'scope' means the ASGI scope"
+__getattr__ = renamed(
+    "cachegate",
+    {"Scope": f"cachegate.CacheScope (the tenant and subject of an entry); {_ASGI}"},
+)

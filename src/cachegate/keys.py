@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 from enum import Flag, auto
 from functools import lru_cache
 
+from cachegate.renamed import renamed
+
 KEY_SCHEMA_VERSION = 2
 """Bumped when the key encoding changes, so old entries can never be read as new ones."""
 
@@ -192,11 +194,8 @@ class KeySpace:
         return (self.generation_keys(scope)[1], f"{prefix}:g:a")
 
 
-def __getattr__(name: str) -> object:
-    """`Scope` was renamed: in CacheGate `scope` means the ASGI scope, as in Starlette."""
-    if name == "Scope":
-        raise ImportError(
-            "cachegate.keys.Scope is now cachegate.keys.CacheScope (the tenant and subject of "
-            "an entry); 'scope' means the ASGI scope"
-        )
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+_ASGI = "'scope' means the ASGI scope"
+__getattr__ = renamed(
+    "cachegate.keys",
+    {"Scope": f"cachegate.keys.CacheScope (the tenant and subject of an entry); {_ASGI}"},
+)
