@@ -53,6 +53,7 @@ class CallRunner:
             await _within(loop, task, deadline)
         except BaseException:
             task.cancel()
+            task.add_done_callback(_forget)  # it may still end in an error nobody awaits
             raise
         if not task.done():
             self._abandoned.add(task)
