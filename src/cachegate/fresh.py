@@ -42,6 +42,7 @@ class Computation:
         self.scope = scope
         self.receive = receive
         self.started = started
+        self.counts = gate.counts(policy.route)
         self.first_byte: float | None = None
 
     def recorder(self, send: Send, **options: Any) -> ResponseRecorder:
@@ -59,7 +60,7 @@ class Computation:
                 recorder.finish(error)
                 if recorder.streaming:
                     reason = recorder.reason or UncacheableReason.STREAM_ERROR
-                    self.gate.metrics.uncacheable.labels(reason).inc()
+                    self.counts.uncacheable(reason)
                     self.observe_first_byte("fresh", True)
                 raise
             recorder.finish()
@@ -80,7 +81,7 @@ class Computation:
         """Count a streamed answer's time to first byte (answers that did not stream do not)."""
         if streamed and self.first_byte is not None:
             elapsed = self.first_byte - self.started
-            self.gate.metrics.stream_first_byte.labels(served).observe(elapsed)
+            self.counts.first_byte(served, elapsed)
 
     def publisher(self, send: Send, flight: Flight[Entry | LiveStream]) -> Publisher:
         """Wrap a leader's `send` so its stream, once it turns out to stream, is shared live."""
@@ -107,7 +108,7 @@ class Computation:
         gate, wait = self.gate, self.gate.limits.single_flight_wait
         flight, leads = gate.flights.follow(key)
         if not leads:
-            shared = await waited(gate.flights.join(flight, 2 * wait), gate.count_shared)
+            shared = await waited(gate.flights.join(flight, 2 * wait), self.counts.shared)
             if isinstance(shared, Entry):
                 await send_entry(send, shared.status, shared.headers, shared.body, b"bypass")
             else:

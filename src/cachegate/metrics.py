@@ -320,6 +320,41 @@ class RouteMetrics:
         first.inc()
         second.inc()
 
+    def served_from_cache(self, cost: float) -> None:
+        """One hit: a fresh computation, and its `cost`, avoided."""
+        self.hits.inc()
+        self.calls_avoided.inc()
+        if cost:
+            self.cost_avoided.inc(cost)
+
+    def missed(self) -> None:
+        """One miss: the answer is computed fresh."""
+        self.misses.inc()
+
+    def shadow_lookup(self, found: bool) -> None:
+        """One shadow lookup, by whether it found an entry."""
+        self.metrics.shadow_lookups.labels(LAYERS[0], "hit" if found else "miss").inc()
+
+    def stream_hit(self, source: str) -> None:
+        """One streamed hit, from the store (`store`) or a leader's live stream (`tee`)."""
+        self.metrics.stream_hits.labels(source).inc()
+
+    def followed(self, outcome: str) -> None:
+        """How one follower of a live stream ended (`complete`, `fallback`, `diverged`)."""
+        self.metrics.stream_followers.labels(outcome).inc()
+
+    def shared(self, outcome: str) -> None:
+        """How one wait for an identical computation ended (`shared`, `not_shared`, `timeout`)."""
+        self.metrics.single_flight.labels(outcome).inc()
+
+    def uncacheable(self, reason: UncacheableReason) -> None:
+        """One fresh answer served but not stored, by why."""
+        self.metrics.uncacheable.labels(reason).inc()
+
+    def first_byte(self, served: str, seconds: float) -> None:
+        """A streamed answer's time to its first body byte, by how it was served."""
+        self.metrics.stream_first_byte.labels(served).observe(seconds)
+
 
 def exposition(registry: CollectorRegistry = REGISTRY) -> bytes:
     """The text a `/metrics` endpoint serves for `registry`.

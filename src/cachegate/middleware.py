@@ -31,7 +31,7 @@ from cachegate.singleflight import Flight, waited
 from cachegate.store.codec import Entry, StreamEntry
 from cachegate.tee import LeaderFailed, LiveStream, Resume, StreamDiverged
 from cachegate.types import ASGIApp, Receive, Scope, Send
-from cachegate.vocabulary import BypassReason, CachePath, Layer
+from cachegate.vocabulary import BypassReason, CachePath
 from cachegate.writes import WriteResponder
 
 STATE_KEY = "cachegate"
@@ -72,7 +72,7 @@ class CacheResponder:
         self.policy = policy
         self.match = match
         self.limits = gate.limits
-        self.counts = gate.route_metrics[policy.route]
+        self.counts = gate.counts(policy.route)
         self.path = CachePath.BYPASS
         self.decision = OFF
         self.tenant: str | None = None
@@ -116,13 +116,13 @@ class CacheResponder:
         if reads_body(policy.tenant) and (unread := await self._read_body(request)):
             return unread
         try:
-            tenant = gate.keying.tenant(policy, request)
+            tenant = gate.tenant(policy, request)
         except BadRequest as error:
             return error.reason
         if tenant is None:
             return BypassReason.NO_TENANT
         self.tenant = tenant
-        self.decision = decision = gate.rollout.decide(tenant)
+        self.decision = decision = gate.decide(tenant)
         self.counts.decided(decision.l1, decision.l2)
         if decision.l1 is Mode.OFF:
             return BypassReason.MODE_OFF
@@ -136,10 +136,10 @@ class CacheResponder:
         if policy.guard is not None and (refused := await guard_refusal(policy.guard, request)):
             return refused
         try:
-            facts = gate.keying.facts(policy, request, tenant)
+            facts = gate.facts(policy, request, tenant)
         except BadRequest as error:
             return error.reason
-        if gate.invalidator.is_pending(facts.scope):
+        if gate.is_pending(facts.scope):
             return BypassReason.INVALIDATION_PENDING
         return facts
 
@@ -164,21 +164,21 @@ class CacheResponder:
         flight = facts.key + ":" + ",".join(map(str, generations))
         live = gate.live_streams.get(flight)
         if live is not None:
-            gate.count_shared("shared")
+            self.counts.shared("shared")
             return await self._follow(live, facts, generations)
         leading = gate.flights.lead(flight, wait)
         if leading is None:
-            shared = await waited(gate.flights.wait(flight, wait), gate.count_shared)
+            shared = await waited(gate.flights.wait(flight, wait), self.counts.shared)
             if isinstance(shared, LiveStream):
                 return await self._follow(shared, facts, generations)
             if shared is not None:
                 self.path = CachePath.SHARED  # waited on a leader: not a hit's latency
                 self._served_from_cache()
                 return await send_entry(self.send, *_response(shared), b"hit")
-            self.counts.misses.inc()
+            self.counts.missed()
             await self._miss(facts, generations, self.send)
             return
-        self.counts.misses.inc()
+        self.counts.missed()
         entry = None
         try:
             entry = await self._miss(facts, generations, self.send, leading)
@@ -195,7 +195,7 @@ class CacheResponder:
             pieces = StreamEntry(entry, found.chunks).pieces()
             timed = computation.timed(self.send)
             await send_stream(timed, entry.status, entry.headers, pieces, b"hit", streams)
-            self.gate.metrics.stream_hits.labels("store").inc()
+            self.counts.stream_hit("store")
             computation.observe_first_byte("hit", True)
         else:
             await send_entry(self.send, *_response(entry), b"hit")
@@ -232,23 +232,22 @@ class CacheResponder:
         self, live: LiveStream, facts: RequestFacts, generations: tuple[int, ...]
     ) -> None:
         """Relay an identical request's live stream; if it fails, compute on our own."""
-        followers = self.gate.metrics.stream_followers
         computation = self._computation()
         self.path = CachePath.HIT
         try:
             await live.follow(computation.timed(self.send), b"hit")
         except LeaderFailed as failed:
-            followers.labels("fallback").inc()
-            self.counts.misses.inc()
+            self.counts.followed("fallback")
+            self.counts.missed()
             try:
                 await self._miss(facts, generations, Resume(self.send, failed))
             except StreamDiverged:
-                followers.labels("diverged").inc()
+                self.counts.followed("diverged")
                 raise
             return
-        followers.labels("complete").inc()
+        self.counts.followed("complete")
         self._served_from_cache()
-        self.gate.metrics.stream_hits.labels("tee").inc()
+        self.counts.stream_hit("tee")
         computation.observe_first_byte("tee", True)
 
     async def _shadow(self, facts: RequestFacts) -> None:
@@ -259,8 +258,7 @@ class CacheResponder:
         generations = await gate.results.start_generations(found, facts)
         label = b"shadow-hit" if found.entry is not None else b"shadow-miss"
         if found.generations is not None:
-            result = "hit" if found.entry is not None else "miss"
-            gate.metrics.shadow_lookups.labels(Layer.RESULT, result).inc()
+            self.counts.shadow_lookup(found.entry is not None)
         computation = self._computation()
         recorder = computation.recorder(computation.timed(self.send), header=label)
         await computation.run(recorder)
@@ -283,11 +281,7 @@ class CacheResponder:
         return self.computation
 
     def _served_from_cache(self) -> None:
-        """Count a hit: one fresh computation, and its cost, avoided."""
-        self.counts.hits.inc()
-        self.counts.calls_avoided.inc()
-        if self.policy.cost_per_call:
-            self.counts.cost_avoided.inc(self.policy.cost_per_call)
+        self.counts.served_from_cache(self.policy.cost_per_call)
 
 
 def _response(entry: Entry) -> tuple[int, tuple[tuple[bytes, bytes], ...], bytes]:
