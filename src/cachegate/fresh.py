@@ -21,7 +21,7 @@ from cachegate.singleflight import Flight, waited
 from cachegate.store.codec import Entry
 from cachegate.tee import LiveStream, Publisher
 from cachegate.types import ASGIApp, Headers, Message, Receive, Scope, Send
-from cachegate.vocabulary import Layer, UncacheableReason
+from cachegate.vocabulary import Layer, Served, UncacheableReason
 
 
 class Computation:
@@ -110,14 +110,16 @@ class Computation:
         if not leads:
             shared = await waited(gate.flights.join(flight, 2 * wait), self.counts.shared)
             if isinstance(shared, Entry):
-                await send_entry(send, shared.status, shared.headers, shared.body, b"bypass")
+                await send_entry(
+                    send, shared.status, shared.headers, shared.body, Served.BYPASS.header
+                )
             else:
-                await self.app(self.scope, self.receive, add_header(send, b"bypass"))
+                await self.app(self.scope, self.receive, add_header(send, Served.BYPASS.header))
             return
         entry = None
         try:
             await gate.flights.start(flight, wait)
-            recorder = self.recorder(send, header=b"bypass", streams=None)
+            recorder = self.recorder(send, header=Served.BYPASS.header, streams=None)
             await self.run(recorder)
             if recorder.storable:
                 entry = Entry(

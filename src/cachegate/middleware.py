@@ -31,7 +31,7 @@ from cachegate.singleflight import Flight, waited
 from cachegate.store.codec import Entry, StreamEntry
 from cachegate.tee import LeaderFailed, LiveStream, Resume, StreamDiverged
 from cachegate.types import ASGIApp, Receive, Scope, Send
-from cachegate.vocabulary import BypassReason, CachePath
+from cachegate.vocabulary import BypassReason, CachePath, Served
 from cachegate.writes import WriteResponder
 
 STATE_KEY = "cachegate"
@@ -93,7 +93,7 @@ class CacheResponder:
             try:
                 if isinstance(admitted, BypassReason):
                     self.counts.bypass(admitted)
-                    await self.app(scope, self.receive, add_header(send, b"bypass"))
+                    await self.app(scope, self.receive, add_header(send, Served.BYPASS.header))
                 elif self.decision.l1 is Mode.SERVE:
                     await self._serve(admitted)
                 else:
@@ -174,7 +174,7 @@ class CacheResponder:
             if shared is not None:
                 self.path = CachePath.SHARED  # waited on a leader: not a hit's latency
                 self._served_from_cache()
-                return await send_entry(self.send, *_response(shared), b"hit")
+                return await send_entry(self.send, *_response(shared), Served.HIT.header)
             self.counts.missed()
             await self._miss(facts, generations, self.send)
             return
@@ -194,11 +194,13 @@ class CacheResponder:
             computation = self._computation()
             pieces = StreamEntry(entry, found.chunks).pieces()
             timed = computation.timed(self.send)
-            await send_stream(timed, entry.status, entry.headers, pieces, b"hit", streams)
+            await send_stream(
+                timed, entry.status, entry.headers, pieces, Served.HIT.header, streams
+            )
             self.counts.stream_hit("store")
             computation.observe_first_byte("hit", True)
         else:
-            await send_entry(self.send, *_response(entry), b"hit")
+            await send_entry(self.send, *_response(entry), Served.HIT.header)
         if self.decision.verify and self.policy.rerun_safe and self.body is not None:
             verify = self.gate.experiments(self.app, self.policy).verify
             self.gate.background(verify(entry, facts, self.scope, self.body))
@@ -217,7 +219,7 @@ class CacheResponder:
         publisher = None
         if flight is not None and self.policy.streams is not None:
             send = publisher = computation.publisher(send, flight)
-        recorder = computation.recorder(send, header=b"miss")
+        recorder = computation.recorder(send, header=Served.MISS.header)
         try:
             await computation.run(recorder)
             if publisher is not None and publisher.stream is not None:
@@ -235,7 +237,7 @@ class CacheResponder:
         computation = self._computation()
         self.path = CachePath.HIT
         try:
-            await live.follow(computation.timed(self.send), b"hit")
+            await live.follow(computation.timed(self.send), Served.HIT.header)
         except LeaderFailed as failed:
             self.counts.followed("fallback")
             self.counts.missed()
@@ -256,7 +258,7 @@ class CacheResponder:
         self.path = CachePath.SHADOW
         found = await gate.results.lookup(facts, Mode.SHADOW)
         generations = await gate.results.start_generations(found, facts)
-        label = b"shadow-hit" if found.entry is not None else b"shadow-miss"
+        label = (Served.SHADOW_HIT if found.entry is not None else Served.SHADOW_MISS).header
         if found.generations is not None:
             self.counts.shadow_lookup(found.entry is not None)
         computation = self._computation()

@@ -1,8 +1,8 @@
 """The words CacheGate reports in: layers, cache paths, comparison kinds, and why a request
 bypassed or a response was not stored.
 
-Metrics labels, the `X-CacheGate` header, span attributes and the replay report all take their
-values from these enums, so a typo is a type error rather than a new time series.
+Metrics labels, the `X-CacheGate` header (`Served`), span attributes and the replay report all
+take their values from these enums, so a typo is a type error rather than a new time series.
 """
 
 from __future__ import annotations
@@ -28,6 +28,22 @@ class CachePath(StrEnum):
     MISS = "miss"
     SHADOW = "shadow"
     BYPASS = "bypass"
+
+
+class Served(StrEnum):
+    """The `X-CacheGate` response header: how an answer on a cached route was served. The
+    replay report groups answers by it."""
+
+    HIT = "hit"
+    MISS = "miss"
+    SHADOW_HIT = "shadow-hit"
+    SHADOW_MISS = "shadow-miss"
+    BYPASS = "bypass"
+
+    @property
+    def header(self) -> bytes:
+        """The header's value as sent."""
+        return self.value.encode()
 
 
 class ComparisonKind(StrEnum):

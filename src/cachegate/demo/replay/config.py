@@ -11,9 +11,10 @@ from cachegate.demo.workload import (
     Catalog,
     Mix,
 )
+from cachegate.vocabulary import Served
 
 TENANT_HEADER = "X-Workspace-ID"
-PATHS = ("hit", "miss", "shadow-hit", "shadow-miss", "bypass")
+PATHS = tuple(served.value for served in Served)
 """Values of `X-CacheGate`, in report order."""
 NO_HEADER = "none"
 DEFAULT_STAGES = ("off", "dark-launch", "l2", "l1-10", "l1-50", "l1-100")
