@@ -8,15 +8,12 @@ pyinstrument (pinned in `benchmarks/requirements.txt`); prints the median time o
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import os
 import statistics
 import time
-from pathlib import Path
 from typing import Any
 
-from benchmarks.harness import RedisServer, call_tree
+from benchmarks.harness import RedisServer, call_tree, profile_main
 from benchmarks.l2 import BATCH, CohereProcess, cachegate_system, floor_system, fresh_texts
 
 
@@ -64,18 +61,11 @@ async def profile(redis_url: str, cohere_url: str, calls: int) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--out", type=Path, default=None)
-    parser.add_argument("--calls", type=int, default=300)
-    args = parser.parse_args()
-    if hasattr(os, "sched_setaffinity") and (os.cpu_count() or 1) >= 2:
-        os.sched_setaffinity(0, {0})
-    with RedisServer(cpu=1) as server, CohereProcess() as cohere_server:
-        text = asyncio.run(profile(server.url, cohere_server.url, args.calls))
-    if args.out is None:
-        print(text)
-    else:
-        args.out.write_text(text)
+    def run(calls: int) -> str:
+        with RedisServer(cpu=1) as server, CohereProcess() as cohere_server:
+            return asyncio.run(profile(server.url, cohere_server.url, calls))
+
+    profile_main(__doc__, 300, run)
 
 
 if __name__ == "__main__":

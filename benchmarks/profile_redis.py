@@ -9,28 +9,18 @@ interleaved on the same server. The committed trees are under
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import os
-from pathlib import Path
 
-from benchmarks.harness import REPO, RedisServer, time_async
+from benchmarks.harness import RedisServer, call_tree, profile_main, time_async
 
 ENTRY = b"x" * 400
-
-
-def site_packages() -> str:
-    """The directory redis-py is installed in, to strip from the tree."""
-    import redis
-
-    return str(Path(redis.__file__).parent.parent) + "/"
 
 
 async def profile(redis_url: str, calls: int) -> str:
     """The call tree of `calls` lookups, headed by the medians of the raw calls and the lookup."""
     import redis.asyncio
     from pyinstrument import Profiler
-    from pyinstrument.renderers import ConsoleRenderer
 
     from cachegate.metrics import default_metrics
     from cachegate.store import RedisStore
@@ -69,14 +59,7 @@ async def profile(redis_url: str, calls: int) -> str:
         for _ in range(calls):
             await store.lookup(entry, generations)
         profiler.stop()
-        renderer = ConsoleRenderer(
-            unicode=True,
-            color=False,
-            processor_options={"show_regex": r".*/(redis|cachegate)/", "filter_threshold": 0.005},
-        )
-        text: str = profiler.output(renderer)
-        for prefix in (f"{REPO}/src/", f"{REPO}/", site_packages()):
-            text = text.replace(prefix, "")  # no machine paths in the committed trees
+        text = call_tree(profiler, show=r".*/(redis|cachegate)/")
         return (
             f"# RedisStore.lookup: {calls} calls (entry + 2 generations, with metrics), "
             "private redis-server, pyinstrument\n"
@@ -90,18 +73,11 @@ async def profile(redis_url: str, calls: int) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--out", type=Path, default=None)
-    parser.add_argument("--calls", type=int, default=3_000)
-    args = parser.parse_args()
-    if hasattr(os, "sched_setaffinity") and (os.cpu_count() or 1) >= 2:
-        os.sched_setaffinity(0, {0})
-    with RedisServer(cpu=1) as server:
-        text = asyncio.run(profile(server.url, args.calls))
-    if args.out is None:
-        print(text)
-    else:
-        args.out.write_text(text)
+    def run(calls: int) -> str:
+        with RedisServer(cpu=1) as server:
+            return asyncio.run(profile(server.url, calls))
+
+    profile_main(__doc__, 3_000, run)
 
 
 if __name__ == "__main__":
