@@ -42,3 +42,12 @@ def test_the_flag_names_users_import_stay_in_cachegate_flags() -> None:
         "Source",
     ):
         assert name in flags.__all__ and hasattr(flags, name), name
+
+
+@pytest.mark.parametrize("module", ["cachegate", "cachegate.keys"])
+def test_the_renamed_scope_names_its_new_name(module: str) -> None:
+    imported = importlib.import_module(module)
+    with pytest.raises(ImportError, match="CacheScope"):
+        imported.Scope  # noqa: B018
+    with pytest.raises(AttributeError):
+        imported.NoSuchName  # noqa: B018
