@@ -306,6 +306,15 @@ class RouteMetrics:
             for l2 in MODES
         }
         self._bypasses = {reason: metrics.bypasses.labels(reason) for reason in BYPASS_REASONS}
+        self._shadow = {
+            found: metrics.shadow_lookups.labels(layer, result)
+            for found, result in ((True, "hit"), (False, "miss"))
+        }
+        self._stream_hits = {s: metrics.stream_hits.labels(s) for s in STREAM_HIT_SOURCES}
+        self._followers = {o: metrics.stream_followers.labels(o) for o in TEE_OUTCOMES}
+        self._shared = {o: metrics.single_flight.labels(o) for o in SINGLE_FLIGHT_OUTCOMES}
+        self._uncacheable = {r: metrics.uncacheable.labels(r) for r in UNCACHEABLE_REASONS}
+        self._first_byte = {s: metrics.stream_first_byte.labels(s) for s in STREAM_SERVED}
 
     def bypass(self, reason: BypassReason) -> None:
         """Count one bypass."""
@@ -333,27 +342,27 @@ class RouteMetrics:
 
     def shadow_lookup(self, found: bool) -> None:
         """One shadow lookup, by whether it found an entry."""
-        self.metrics.shadow_lookups.labels(LAYERS[0], "hit" if found else "miss").inc()
+        self._shadow[found].inc()
 
     def stream_hit(self, source: str) -> None:
         """One streamed hit, from the store (`store`) or a leader's live stream (`tee`)."""
-        self.metrics.stream_hits.labels(source).inc()
+        self._stream_hits[source].inc()
 
     def followed(self, outcome: str) -> None:
         """How one follower of a live stream ended (`complete`, `fallback`, `diverged`)."""
-        self.metrics.stream_followers.labels(outcome).inc()
+        self._followers[outcome].inc()
 
     def shared(self, outcome: str) -> None:
         """How one wait for an identical computation ended (`shared`, `not_shared`, `timeout`)."""
-        self.metrics.single_flight.labels(outcome).inc()
+        self._shared[outcome].inc()
 
     def uncacheable(self, reason: UncacheableReason) -> None:
         """One fresh answer served but not stored, by why."""
-        self.metrics.uncacheable.labels(reason).inc()
+        self._uncacheable[reason].inc()
 
     def first_byte(self, served: str, seconds: float) -> None:
         """A streamed answer's time to its first body byte, by how it was served."""
-        self.metrics.stream_first_byte.labels(served).observe(seconds)
+        self._first_byte[served].observe(seconds)
 
 
 def exposition(registry: CollectorRegistry = REGISTRY) -> bytes:
