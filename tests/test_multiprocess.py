@@ -14,6 +14,8 @@ import pytest
 from conftest import delete_namespace
 from prometheus_client.parser import text_string_to_metric_families
 
+from cachegate.tally import FLUSH_DELAY
+
 pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -69,9 +71,19 @@ def test_metrics_are_summed_over_workers(tmp_path: Path, redis_url: str, namespa
                 assert response.status_code == 200
                 pids.add(httpx.get(url + "/pid", timeout=5).json()["pid"])
             assert len(pids) == 2, "both workers should have answered"
+            layer = {"cache_layer": "query_result"}
+            counted = 0.0
+            # each worker's counts reach its files at a scrape it answers, else within
+            # FLUSH_DELAY of its last request: wait for them, then every scrape agrees
+            deadline = time.monotonic() + 10 * FLUSH_DELAY
+            while counted < 60 and time.monotonic() < deadline:
+                text = client.get("/metrics", headers={"connection": "close"}).text
+                counted = _sample(text, "cachegate_cache_hits_total", layer) + _sample(
+                    text, "cachegate_cache_misses_total", layer
+                )
+                time.sleep(FLUSH_DELAY / 4)
             for _ in range(4):
                 text = client.get("/metrics", headers={"connection": "close"}).text
-                layer = {"cache_layer": "query_result"}
                 hits = _sample(text, "cachegate_cache_hits_total", layer)
                 misses = _sample(text, "cachegate_cache_misses_total", layer)
                 assert hits + misses == 60

@@ -339,6 +339,7 @@ async def test_request_and_entry_size_caps(server: RedisServer) -> None:
             "/ai/query", json={"query": "q", "client_id": "c"}, headers=_headers(tenant)
         )
         assert ok.headers["x-cachegate"] == "miss"
+    small_body.metrics.tallies.flush()  # the request path's counts, as a scrape would see them
     bypasses = {
         reason: small_body.metrics.bypasses.labels(reason)._value.get()
         for reason in ("body_too_large", "headers_too_large")
@@ -353,6 +354,7 @@ async def test_request_and_entry_size_caps(server: RedisServer) -> None:
         for _ in range(2):
             response = await http.post("/ai/query", json=body, headers=_headers(tenant))
             assert response.status_code == 200 and response.headers["x-cachegate"] == "miss"
+    small_entry.metrics.tallies.flush()
     assert small_entry.metrics.uncacheable.labels("too_large")._value.get() == 2
 
     client = server.client()

@@ -62,6 +62,7 @@ def gate_for(store: Store, namespace: str, *policies: Policy, **options: Any) ->
 
 
 def bypasses(gate: CacheGate, reason: str) -> float:
+    gate.metrics.tallies.flush()  # the request path's counts, as a scrape would see them
     return float(gate.metrics.bypasses.labels(reason)._value.get())
 
 

@@ -188,8 +188,10 @@ class CacheGate:
 
     async def shutdown(self) -> None:
         """Try pending invalidations once more (the middleware calls it at lifespan shutdown);
-        what the store still refuses is lost, counted and logged."""
+        what the store still refuses is lost, counted and logged. The request counts reach
+        their series (a multiprocess worker's files) before the worker exits."""
         await self.invalidator.flush()
+        self.metrics.tallies.flush()
 
     async def aclose(self) -> None:
         """Cancel background work, try pending invalidations once more, close the store."""
@@ -198,3 +200,4 @@ class CacheGate:
         await asyncio.gather(*self._background, return_exceptions=True)
         await self.invalidator.aclose()
         await self.store.aclose()
+        self.metrics.tallies.flush()

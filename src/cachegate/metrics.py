@@ -18,6 +18,7 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
+from prometheus_client.metrics_core import Metric
 from prometheus_client.multiprocess import MultiProcessCollector
 
 from cachegate.comparators import Outcome
@@ -35,6 +36,7 @@ from cachegate.stream_metrics import (
     TEE_OUTCOMES,
     StreamMetrics,
 )
+from cachegate.tally import Tallies, flush_all
 from cachegate.vocabulary import BypassReason, CachePath, ComparisonKind, Layer, UncacheableReason
 
 __all__ = [
@@ -112,7 +114,11 @@ class Metrics(StoreMetrics, StreamMetrics, FlagMetrics):
         self.namespace = namespace
         self.registry = registry
         """Where the series are registered (None: nowhere)."""
+        self.tallies = Tallies()
+        """The request path's counts (`RouteMetrics`), flushed before every collection."""
         ns, reg = namespace, registry
+        if reg is not None:
+            reg.register(_FlushFirst(self.tallies))
         StoreMetrics.__init__(self, namespace=ns, registry=reg)
         StreamMetrics.__init__(self, namespace=ns, registry=reg, latency_buckets=_LATENCY_BUCKETS)
         FlagMetrics.__init__(self, namespace=ns, registry=reg)
@@ -286,83 +292,111 @@ class Metrics(StoreMetrics, StreamMetrics, FlagMetrics):
 
 
 class RouteMetrics:
-    """The L1 series one cached route touches per request, bound once.
+    """The L1 series one cached route touches per request, bound once and counted as tallies.
 
-    `labels()` takes a lock and builds a tuple on every call; binding the children at start-up
-    keeps the per-request cost of metrics to a few increments.
+    `labels()` takes a lock and builds a tuple on every call, and every increment takes another
+    lock: binding the children at start-up and counting into `cachegate.tally` tallies keeps a
+    request's metrics to a few additions. The series see the counts at the next scrape, and
+    within `tally.FLUSH_DELAY` seconds in any case.
     """
 
     def __init__(self, metrics: Metrics, route: str) -> None:
         layer = LAYERS[0]
-        self.metrics = metrics
-        self.duration = {path: metrics.query_duration.labels(route, path) for path in PATHS}
-        self.hits = metrics.hits.labels(layer)
-        self.misses = metrics.misses.labels(layer)
-        self.calls_avoided = metrics.calls_avoided.labels(layer)
-        self.cost_avoided = metrics.cost_avoided.labels(layer)
-        self.decisions = {
-            (l1, l2): (metrics.decisions.labels(layer, l1), metrics.decisions.labels(LAYERS[1], l2))
+        tallies = self._tallies = metrics.tallies
+        count = tallies.counter
+        self.duration = {
+            path: tallies.histogram(metrics.query_duration.labels(route, path), _LATENCY_BUCKETS)
+            for path in PATHS
+        }
+        self._hits = count(metrics.hits.labels(layer))
+        self._misses = count(metrics.misses.labels(layer))
+        self._calls_avoided = count(metrics.calls_avoided.labels(layer))
+        self._cost_avoided = count(metrics.cost_avoided.labels(layer))
+        self._decisions = {
+            (l1, l2): (
+                count(metrics.decisions.labels(layer, l1)),
+                count(metrics.decisions.labels(LAYERS[1], l2)),
+            )
             for l1 in MODES
             for l2 in MODES
         }
-        self._bypasses = {reason: metrics.bypasses.labels(reason) for reason in BYPASS_REASONS}
+        self._bypasses = {reason: count(metrics.bypasses.labels(reason)) for reason in BypassReason}
         self._shadow = {
-            found: metrics.shadow_lookups.labels(layer, result)
+            found: count(metrics.shadow_lookups.labels(layer, result))
             for found, result in ((True, "hit"), (False, "miss"))
         }
-        self._stream_hits = {s: metrics.stream_hits.labels(s) for s in STREAM_HIT_SOURCES}
-        self._followers = {o: metrics.stream_followers.labels(o) for o in TEE_OUTCOMES}
-        self._shared = {o: metrics.single_flight.labels(o) for o in SINGLE_FLIGHT_OUTCOMES}
-        self._uncacheable = {r: metrics.uncacheable.labels(r) for r in UNCACHEABLE_REASONS}
-        self._first_byte = {s: metrics.stream_first_byte.labels(s) for s in STREAM_SERVED}
+        self._stream_hits = {s: count(metrics.stream_hits.labels(s)) for s in STREAM_HIT_SOURCES}
+        self._followers = {o: count(metrics.stream_followers.labels(o)) for o in TEE_OUTCOMES}
+        self._shared = {o: count(metrics.single_flight.labels(o)) for o in SINGLE_FLIGHT_OUTCOMES}
+        self._uncacheable = {r: count(metrics.uncacheable.labels(r)) for r in UncacheableReason}
+        self._first_byte = {
+            s: tallies.histogram(metrics.stream_first_byte.labels(s), _LATENCY_BUCKETS)
+            for s in STREAM_SERVED
+        }
+
+    def finished(self, path: CachePath, seconds: float) -> None:
+        """One request's duration, by the path it took."""
+        self.duration[path].observe(seconds)
+        self._tallies.touch()
 
     def bypass(self, reason: BypassReason) -> None:
         """Count one bypass."""
-        child = self._bypasses.get(reason)
-        if child is None:
-            child = self._bypasses[reason] = self.metrics.bypasses.labels(reason)
-        child.inc()
+        self._bypasses[reason].value += 1
 
     def decided(self, l1: str, l2: str) -> None:
         """Count one request's decision for both layers."""
-        first, second = self.decisions[l1, l2]
-        first.inc()
-        second.inc()
+        first, second = self._decisions[l1, l2]
+        first.value += 1
+        second.value += 1
 
     def served_from_cache(self, cost: float) -> None:
         """One hit: a fresh computation, and its `cost`, avoided."""
-        self.hits.inc()
-        self.calls_avoided.inc()
-        if cost:
-            self.cost_avoided.inc(cost)
+        self._hits.value += 1
+        self._calls_avoided.value += 1
+        self._cost_avoided.value += cost
 
     def missed(self) -> None:
         """One miss: the answer is computed fresh."""
-        self.misses.inc()
+        self._misses.value += 1
 
     def shadow_lookup(self, found: bool) -> None:
         """One shadow lookup, by whether it found an entry."""
-        self._shadow[found].inc()
+        self._shadow[found].value += 1
 
     def stream_hit(self, source: str) -> None:
         """One streamed hit, from the store (`store`) or a leader's live stream (`tee`)."""
-        self._stream_hits[source].inc()
+        self._stream_hits[source].value += 1
 
     def followed(self, outcome: str) -> None:
         """How one follower of a live stream ended (`complete`, `fallback`, `diverged`)."""
-        self._followers[outcome].inc()
+        self._followers[outcome].value += 1
 
     def shared(self, outcome: str) -> None:
         """How one wait for an identical computation ended (`shared`, `not_shared`, `timeout`)."""
-        self._shared[outcome].inc()
+        self._shared[outcome].value += 1
 
     def uncacheable(self, reason: UncacheableReason) -> None:
         """One fresh answer served but not stored, by why."""
-        self._uncacheable[reason].inc()
+        self._uncacheable[reason].value += 1
 
     def first_byte(self, served: str, seconds: float) -> None:
         """A streamed answer's time to its first body byte, by how it was served."""
         self._first_byte[served].observe(seconds)
+
+
+class _FlushFirst:
+    """A collector with no series of its own, registered ahead of the families: collecting the
+    registry flushes the tallies into them first, so a scrape sees every count so far."""
+
+    def __init__(self, tallies: Tallies) -> None:
+        self.tallies = tallies
+
+    def describe(self) -> Iterable[Metric]:
+        return ()
+
+    def collect(self) -> Iterable[Metric]:
+        self.tallies.flush()
+        return ()
 
 
 def exposition(registry: CollectorRegistry = REGISTRY) -> bytes:
@@ -372,6 +406,7 @@ def exposition(registry: CollectorRegistry = REGISTRY) -> bytes:
     replaced by one that sums every worker's files, so any worker answers for all of them.
     """
     if registry is REGISTRY and os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        flush_all()  # this worker's counts; the others' follow within `FLUSH_DELAY`
         registry = CollectorRegistry()
         MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
     return generate_latest(registry)

@@ -101,7 +101,7 @@ class CacheResponder:
             finally:
                 exit_decision(tokens)
         finally:
-            self.counts.duration[self.path].observe(time.perf_counter() - self.started)
+            self.counts.finished(self.path, time.perf_counter() - self.started)
 
     async def _admit(self) -> RequestFacts | BypassReason:
         """The request's facts, or the one reason it bypasses (the app answers as it would).
