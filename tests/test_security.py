@@ -696,6 +696,24 @@ def test_a_query_value_is_the_apps_value_or_a_bypass(
         assert extractor(view(query_string=query)) == app_view.get(name)
 
 
+header_names = st.sampled_from([b"x-tenant", b"X-Tenant", b"X-TENANT", b"x-other"])
+
+
+@given(st.lists(st.tuples(header_names, st.sampled_from([b"a", b"b"])), max_size=4))
+def test_a_header_value_is_the_apps_value_or_a_bypass(raw: list[tuple[bytes, bytes]]) -> None:
+    """Raw header names as a server might send them: the cache reads the header Starlette's
+    `Headers` gives the app (lowercased names only) or bypasses; it never sees one the app
+    does not."""
+    app_values = Request({"type": "http", "headers": raw}).headers.getlist("X-Tenant")
+    extractor = trusted_header("X-Tenant")
+    if len(app_values) > 1:
+        with pytest.raises(BadRequest) as raised:
+            extractor(view(headers=raw))
+        assert raised.value.reason == "ambiguous_value"
+    else:
+        assert extractor(view(headers=raw)) == (app_values[0] if app_values else None)
+
+
 def containers(inner: st.SearchStrategy[Any]) -> st.SearchStrategy[Any]:
     return st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=3), inner, max_size=3)
 

@@ -96,12 +96,19 @@ class RequestView:
         return view
 
     def header(self, name: str) -> str | None:
-        """Header `name` (case-insensitive, Latin-1); `Ambiguous` if it occurs more than once."""
+        """Header `name` (any case; Latin-1); `Ambiguous` if it occurs more than once.
+
+        Read as Starlette's `Headers` reads it: ASGI servers send header names lowercased, and
+        a name sent otherwise is seen neither by the app nor here.
+        """
         wanted = name.lower().encode("latin-1")
-        values = [value.decode("latin-1") for key, value in self.headers if key.lower() == wanted]
-        if len(values) > 1:
-            raise Ambiguous(values)
-        return values[0] if values else None
+        found = None
+        for key, value in self.headers:
+            if key == wanted:
+                if found is not None:
+                    raise Ambiguous([v.decode("latin-1") for k, v in self.headers if k == wanted])
+                found = value
+        return None if found is None else found.decode("latin-1")
 
     def query(self, name: str) -> str | None:
         """Query parameter `name`; `Ambiguous` if it occurs more than once."""
