@@ -11,7 +11,6 @@ control byte): replayed, such an entry would break the client's connection inste
 from __future__ import annotations
 
 import itertools
-import re
 import struct
 from dataclasses import dataclass
 
@@ -24,8 +23,10 @@ _NAME = struct.Struct(">H")
 _VALUE = struct.Struct(">I")
 
 
-_TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
-_FIELD_VALUE = re.compile(rb"[\t\x20-\x7e\x80-\xff]*")
+_TOKEN_BYTES = b"!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+_FIELD_VALUE_BYTES = bytes([0x09, *range(0x20, 0x7F), *range(0x80, 0x100)])
+_GENERATIONS = tuple(struct.Struct(f">{count}q") for count in range(256))
+"""The generations of an entry, read in one call (their count is one byte)."""
 
 
 class CorruptEntry(ValueError):
@@ -64,9 +65,7 @@ def decode_entry(data: bytes) -> Entry:
         if not 100 <= status <= 599:
             raise CorruptEntry("not an HTTP status")
         offset = _HEAD.size
-        generations = tuple(
-            _GEN.unpack_from(data, offset + i * _GEN.size)[0] for i in range(generation_count)
-        )
+        generations: tuple[int, ...] = _GENERATIONS[generation_count].unpack_from(data, offset)
         offset += generation_count * _GEN.size
         (header_count,) = _COUNT.unpack_from(data, offset)
         offset += _COUNT.size
@@ -82,7 +81,11 @@ def decode_entry(data: bytes) -> Entry:
             offset += value_length
             if len(name) != name_length or len(value) != value_length:
                 raise CorruptEntry("truncated header")
-            if _TOKEN.fullmatch(name) is None or _FIELD_VALUE.fullmatch(value) is None:
+            if (
+                not name
+                or name.translate(None, _TOKEN_BYTES)
+                or value.translate(None, _FIELD_VALUE_BYTES)
+            ):
                 raise CorruptEntry("a header no HTTP server may send")
             headers.append((name, value))
         (body_length,) = _VALUE.unpack_from(data, offset)
