@@ -13,6 +13,7 @@ import hashlib
 import hmac
 import json
 import re
+import struct
 import unicodedata
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -84,8 +85,17 @@ def encode_parts(parts: Iterable[bytes | str]) -> bytes:
     chunks: list[bytes] = []
     for part in parts:
         data = part.encode("utf-8", "surrogatepass") if isinstance(part, str) else part
-        chunks += (len(data).to_bytes(8, "big"), data)
+        chunks += (_LENGTH(len(data)), data)
     return b"".join(chunks)
+
+
+_LENGTH = struct.Struct(">Q").pack
+
+
+@lru_cache(maxsize=1024)
+def _route_parts(version: str, namespace: str, route: str, method: str) -> bytes:
+    """The encoded parts every entry key of a route and method starts with."""
+    return encode_parts((version, namespace, route, method.upper()))
 
 
 def digest(parts: Iterable[bytes | str], secret: bytes | None = None) -> str:
@@ -163,16 +173,13 @@ class KeySpace:
     ) -> str:
         """The L1 entry key for one request's scope, path parameters and key material."""
         parts = (
-            str(KEY_SCHEMA_VERSION),
-            self.namespace,
-            route,
-            method.upper(),
             scope.tenant,
             "" if scope.subject is None else "s:" + scope.subject,
             canonical_json(dict(path_params or {})),
             canonical_json(dict(material)),
         )
-        return f"{self._prefix(scope.tenant)}:r:{self.digest_bytes(encode_parts(parts))}"
+        data = _route_parts(str(KEY_SCHEMA_VERSION), self.namespace, route, method)
+        return f"{self._prefix(scope.tenant)}:r:{self.digest_bytes(data + encode_parts(parts))}"
 
     def generation_keys(self, scope: CacheScope) -> tuple[str, str]:
         """The two generations an entry of `scope` is checked against.
