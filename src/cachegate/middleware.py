@@ -66,6 +66,24 @@ class CacheResponder:
     """One request to a cached route: admitted to serve (hit, shared or miss) or shadow, or
     bypassed. The request's state lives in fields; each step takes only what is new."""
 
+    __slots__ = (
+        "app",
+        "body",
+        "computation",
+        "counts",
+        "decision",
+        "gate",
+        "limits",
+        "match",
+        "path",
+        "policy",
+        "receive",
+        "scope",
+        "send",
+        "started",
+        "tenant",
+    )
+
     def __init__(self, app: ASGIApp, gate: CacheGate, policy: Policy, match: Match) -> None:
         self.app = app
         self.gate = gate

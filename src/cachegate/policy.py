@@ -10,6 +10,7 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
+from types import MappingProxyType
 
 from cachegate.comparators import Comparator, ExactComparator
 from cachegate.extractors import (
@@ -178,11 +179,15 @@ class Match:
     path_params: Mapping[str, str]
 
 
+_NO_PARAMS: Mapping[str, str] = MappingProxyType({})
+"""A static route's path parameters: its one `Match` is shared by all its requests."""
+
+
 class Router:
     """Finds the policy or write rule of a request: a dict lookup for static paths."""
 
     def __init__(self, rules: Iterable[Policy | WriteRule]) -> None:
-        self._static: dict[tuple[str, str], Policy | WriteRule] = {}
+        self._static: dict[tuple[str, str], Match] = {}
         self._templated: list[tuple[re.Pattern[str], frozenset[str], Policy | WriteRule]] = []
         for rule in rules:
             if not rule.route.startswith("/"):
@@ -194,13 +199,13 @@ class Router:
             for method in rule.methods:
                 if (method, rule.route) in self._static:
                     raise ValueError(f"two rules for {method} {rule.route}")
-                self._static[(method, rule.route)] = rule
+                self._static[(method, rule.route)] = Match(rule, _NO_PARAMS)
 
     def match(self, method: str, path: str) -> Match | None:
         """The rule for `method path`, or None (the request is not CacheGate's business)."""
-        rule = self._static.get((method, path))
-        if rule is not None:
-            return Match(rule, {})
+        static = self._static.get((method, path))
+        if static is not None:
+            return static
         for regex, methods, templated in self._templated:
             if method in methods:
                 found = regex.fullmatch(path)

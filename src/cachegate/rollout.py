@@ -57,32 +57,35 @@ class StaticRollout:
         return OFF if tenant is None else self.decision
 
 
-_current: ContextVar[Decision | None] = ContextVar("cachegate_decision", default=None)
-_tenant: ContextVar[str | None] = ContextVar("cachegate_tenant", default=None)
+_current: ContextVar[tuple[Decision, str | None] | None] = ContextVar(
+    "cachegate_decision", default=None
+)
+"""The request's decision and tenant, in one variable: one set and one reset per request."""
 
 
 def current_decision() -> Decision | None:
     """The decision of the request being handled, or None outside a CacheGate request."""
-    return _current.get()
+    current = _current.get()
+    return None if current is None else current[0]
 
 
 def current_tenant() -> str | None:
     """The tenant of the request being handled (the L2 embedder's default scope), or None."""
-    return _tenant.get()
+    current = _current.get()
+    return None if current is None else current[1]
 
 
-Tokens = tuple[Token[Decision | None], Token[str | None]]
+Tokens = Token[tuple[Decision, str | None] | None]
 
 
 def enter_decision(decision: Decision, tenant: str | None = None) -> Tokens:
     """Make `decision` (and `tenant`) current; undo with `exit_decision` (the middleware's path)."""
-    return _current.set(decision), _tenant.set(tenant)
+    return _current.set((decision, tenant))
 
 
 def exit_decision(tokens: Tokens) -> None:
     """Restore what was current before `enter_decision`."""
-    _tenant.reset(tokens[1])
-    _current.reset(tokens[0])
+    _current.reset(tokens)
 
 
 @contextmanager
