@@ -120,6 +120,29 @@ async def test_calls_cut_by_their_deadline_give_every_connection_back(
         await store.aclose()
 
 
+async def test_a_call_left_in_the_background_ends_at_its_backstop(server: RedisServer) -> None:
+    """The client has no socket timeout: a call opening a connection to a server that never
+    answers is cut by the runner's backstop, so it cannot hold its connection forever."""
+    store = quiet_store(server, 1)
+    store._calls.backstop = 0.5
+    try:
+        server.pause()
+        with pytest.raises(StoreTimeout):
+            await store.get_many(["a"])  # no connection yet: it is opened in the background
+        assert store._calls._abandoned  # still waiting for the paused server
+        for _ in range(200):
+            if not store._calls._abandoned:
+                break
+            await asyncio.sleep(0.05)
+        assert not store._calls._abandoned  # the server is still paused: the backstop ended it
+        server.resume()
+        store.deadline = 30.0
+        assert await store.get_many(["b"]) == [b"B"]
+    finally:
+        server.resume()
+        await store.aclose()
+
+
 async def test_a_checkout_woken_then_cancelled_passes_its_turn_on(server: RedisServer) -> None:
     pool = BoundedConnectionPool.from_url(server.url, max_connections=1)
     try:

@@ -8,9 +8,13 @@ Two ways, chosen per call:
   answer another command; the pool's release cannot be interrupted, so no connection is lost.
 - In a task of its own, when a connection must be opened first (or a Cluster's topology
   discovered, or the pool is not ours): the request waits for it at most the deadline; past
-  it, the call is left to finish in the background (bounded by the socket timeouts) instead of
-  being cancelled: it reads its own late reply, and a connection it was opening is ready for the
+  it, the call is left to finish in the background (within its `backstop`) instead of being
+  cancelled: it reads its own late reply, and a connection it was opening is ready for the
   next request (under load, a handshake can take longer than one deadline).
+
+These two bound every call, so the client needs no socket timeout of its own (`RedisStore`
+sets none): with one, redis-py wraps every command's send in `asyncio.wait_for`, a task per
+command, which cost a Redis hit more than the rest of its deadline handling.
 """
 
 from __future__ import annotations
@@ -28,8 +32,10 @@ T = TypeVar("T")
 class CallRunner:
     """Runs the calls of one client under deadlines (see the module's docstring)."""
 
-    def __init__(self, client: Redis | RedisCluster) -> None:
+    def __init__(self, client: Redis | RedisCluster, backstop: float) -> None:
         self.client = client
+        self.backstop = backstop
+        """Seconds a call left in the background may take before it is cancelled."""
         self.cluster = isinstance(client, RedisCluster)
         self.unready = self.cluster
         """A Cluster whose topology is not known yet."""
@@ -63,9 +69,10 @@ class CallRunner:
         return task.result()
 
     async def _run(self, call: Callable[[], Awaitable[T]]) -> T:
-        if self.unready:
-            await self.initialize()
-        return await call()
+        async with asyncio.timeout(self.backstop):
+            if self.unready:
+                await self.initialize()
+            return await call()
 
     async def initialize(self) -> None:
         """Discover a Cluster's topology once, before the first command: redis-py 8.1 drops

@@ -80,7 +80,7 @@ class RedisStore:
         if self.breaker.state is not BreakerState.CLOSED:
             self._breaker_changed(self.breaker.state)
         self._cluster = isinstance(client, RedisCluster)
-        self._calls = CallRunner(client)
+        self._calls = CallRunner(client, backstop=max(deadline * 10, 1.0) + invalidation_deadline)
         self._durations: dict[str, Histogram] = {}
         self.probe_interval = probe_interval
         self.warm_connections = warm_connections
@@ -114,7 +114,7 @@ class RedisStore:
             url,
             cluster=cluster,
             connect_timeout=max(deadline * 10, 1.0),
-            socket_timeout=max(kwargs.get("invalidation_deadline", 1.0), 1.0),
+            socket_timeout=None,  # every call is bounded by `CallRunner` instead
             max_connections=max_connections,
         )
         return cls(client, deadline=deadline, **kwargs)

@@ -104,7 +104,7 @@ def connect(
     *,
     cluster: bool,
     connect_timeout: float,
-    socket_timeout: float,
+    socket_timeout: float | None,
     max_connections: int = 64,
 ) -> Redis | RedisCluster:
     """A redis-py asyncio client for `url` with retries off (`Redis` or `RedisCluster`).
