@@ -2,8 +2,9 @@
 
 prometheus_client takes a lock on every increment (about 0.45 µs; 0.75 µs an observation), which
 is more than the rest of a bypassed request's bookkeeping. The request path counts into plain
-numbers here instead, written by one thread (the event loop's), and `flush` adds what is new to
-the real series. Readers only read, so no count is lost or counted twice; `Tallies` serialises
+numbers here instead, and `flush` adds what is new to the real series. Each tally is written by
+one thread (its event loop's: a route's by the app's loop, a store's by the loop its client is
+bound to) and flushes only read it, so no count is lost or counted twice; `Tallies` serialises
 the flushes themselves (a scrape thread and the loop's timer may both flush).
 """
 
@@ -92,13 +93,17 @@ class Tallies:
         _LIVE.add(self)
 
     def counter(self, child: _CounterChild) -> Tally:
+        """A new tally of a counter series (Prometheus child), flushed with this group."""
         tally = Tally(child)
-        self._members.append(tally)
+        with self._lock:
+            self._members.append(tally)
         return tally
 
     def histogram(self, child: object, bounds: Sequence[float]) -> HistogramTally:
+        """A new tally of a histogram series with the upper `bounds` it was made with."""
         tally = HistogramTally(child, bounds)
-        self._members.append(tally)
+        with self._lock:
+            self._members.append(tally)
         return tally
 
     def touch(self) -> None:

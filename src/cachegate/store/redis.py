@@ -21,7 +21,6 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
-from prometheus_client import Histogram
 from redis.asyncio.cluster import RedisCluster
 
 from cachegate.breaker import BreakerState, CircuitBreaker
@@ -39,6 +38,8 @@ from cachegate.store.calls import CallRunner
 from cachegate.store.commands import RedisClient, generation, refused
 from cachegate.store.epoch import ServerEpochs
 from cachegate.store.urls import connect
+from cachegate.store_metrics import STORE_BUCKETS
+from cachegate.tally import HistogramTally
 
 T = TypeVar("T")
 
@@ -81,7 +82,8 @@ class RedisStore:
             self._breaker_changed(self.breaker.state)
         self._cluster = isinstance(client, RedisCluster)
         self._calls = CallRunner(client, backstop=max(deadline * 10, 1.0) + invalidation_deadline)
-        self._durations: dict[str, Histogram] = {}
+        self._durations: dict[str, HistogramTally] = {}
+        """Each operation's latency series, counted as a tally (see `cachegate.tally`)."""
         self.probe_interval = probe_interval
         self.warm_connections = warm_connections
         self.epochs = ServerEpochs(on_change=self._epoch_changed, per_node=self._cluster)
@@ -271,8 +273,10 @@ class RedisStore:
             self._took_write()
         duration = self._durations.get(operation)
         if duration is None:
-            duration = self._durations[operation] = metrics.store_duration.labels(operation)
+            child = metrics.store_duration.labels(operation)
+            duration = self._durations[operation] = metrics.tallies.histogram(child, STORE_BUCKETS)
         duration.observe(time.perf_counter() - started)
+        metrics.tallies.touch()
         return result
 
     def _failed(self, operation: str, kind: str, feeds_breaker: bool = True) -> None:
