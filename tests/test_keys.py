@@ -419,6 +419,16 @@ def test_canonical_json_is_the_sorted_compact_dump(value: Any) -> None:
     assert keys_module.canonical_json(value) == reference
 
 
+@pytest.mark.parametrize(
+    ("value", "error"),
+    [({"x": float("nan")}, ValueError), ({"x": {1, 2}}, TypeError), ({"x": b"raw"}, TypeError)],
+)
+def test_canonical_json_refuses_what_json_cannot_say(value: Any, error: type[Exception]) -> None:
+    """Keying turns these into an `extractor_error` bypass: never a key of a lossy rendering."""
+    with pytest.raises(error):
+        keys_module.canonical_json(value)
+
+
 def test_key_schema_2_is_pinned() -> None:
     """Known inputs give known keys: a change to key derivation is a schema change, made on
     purpose with a new KEY_SCHEMA_VERSION, never by a refactoring or an optimisation."""
