@@ -42,8 +42,8 @@ class Served(StrEnum):
 
     @property
     def header(self) -> bytes:
-        """The header's value as sent."""
-        return self.value.encode()
+        """The header's value as sent (a member is its own text: no `.value` lookup)."""
+        return self.encode()
 
 
 class ComparisonKind(StrEnum):
