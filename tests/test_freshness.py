@@ -470,7 +470,9 @@ async def test_identical_misses_coalesce_on_a_cold_pool(
     store = RedisStore.from_url(spawned_redis.url, deadline=0.05, metrics=fresh_metrics())
     try:
         async with Harness(store=store, namespace=namespace) as h:
-            h.service.delay = 0.1
+            # long enough that all 50 arrive while the first computation runs, even on a loaded
+            # machine: one arriving after it ended would rightly start another
+            h.service.delay = 0.5
             responses = await asyncio.gather(*(h.ask() for _ in range(50)))
     finally:
         await store.aclose()

@@ -254,10 +254,22 @@ class UnleashServer:
         )
 
     def switch(self, flag: str, *, on: bool) -> None:
-        """Turn `flag` on or off in the environment, as the dashboard's toggle does."""
+        """Turn `flag` on or off in the environment, as the dashboard's toggle does.
+
+        A server just (re)started on a loaded machine may answer `/health` a moment before it
+        takes connections for good: a refused connection is tried again for a few seconds.
+        """
         path = f"/projects/{self.project}/features/{flag}/environments/{self.environment}"
+        deadline = time.monotonic() + 10
         with self.admin() as admin:
-            admin.post(f"{path}/{'on' if on else 'off'}").raise_for_status()
+            while True:
+                try:
+                    admin.post(f"{path}/{'on' if on else 'off'}").raise_for_status()
+                    return
+                except httpx.ConnectError:
+                    if time.monotonic() > deadline:
+                        raise
+                    time.sleep(0.2)
 
     def set_rollout(self, flag: str, percentage: int) -> None:
         """Edit the rollout percentage of `flag`'s first strategy, as the dashboard's form does."""
