@@ -51,9 +51,11 @@ bench-quick: install $(BENCH_STAMP) bench-deps
 	$(BENCH)/bin/python -m benchmarks --quick
 
 # Call trees (pyinstrument) of the hot paths: Redis hit, MemoryStore hit, flags-off bypass and
-# L2 all-hit, each on a private redis-server; writes benchmarks/results/profile-<path>.txt.
+# L2 all-hit, each on a private redis-server; writes benchmarks/results/profile-<path>.txt, and
+# the flags-off bypass step by step to benchmarks/results/steps-flags-off.md.
 profile: $(BENCH_STAMP) bench-deps
 	$(BENCH)/bin/python -m benchmarks.profiles
+	$(BENCH)/bin/python -m benchmarks.steps
 
 # 200 clients for 60 s through uvicorn against a private redis-server; writes
 # benchmarks/results/soak.md and fails on any failed request or memory growth.

@@ -51,6 +51,8 @@ class ResultCache:
 
     async def lookup(self, facts: RequestFacts, mode: Mode) -> Found:
         """`find` in a `cachegate.lookup` span (the request's `mode`, its outcome)."""
+        if not tracing.configured():
+            return await self.find(facts)
         span = tracing.tracer.start_span("cachegate.lookup")
         try:
             found = await self.find(facts)

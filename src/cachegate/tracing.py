@@ -12,6 +12,19 @@ from opentelemetry.util.types import Attributes
 
 tracer = trace.get_tracer("cachegate")
 
+_provider_set = False
+
+
+def configured() -> bool:
+    """Whether a tracer provider (an SDK) is set. Without one every span is a no-op that still
+    costs about a microsecond to make, so the hit path makes none. A process sets its provider
+    once: it is looked up until it is, then remembered."""
+    global _provider_set
+    if not _provider_set:
+        _provider_set = not isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider)
+    return _provider_set
+
+
 LAYER = "cachegate.layer"
 MODE = "cachegate.mode"
 OUTCOME = "cachegate.outcome"
