@@ -467,12 +467,13 @@ async def test_identical_misses_coalesce_while_redis_stalls(
 async def test_identical_misses_coalesce_on_a_cold_pool(
     spawned_redis: RedisServer, namespace: str
 ) -> None:
-    store = RedisStore.from_url(spawned_redis.url, deadline=0.05, metrics=fresh_metrics())
+    # A deadline that lookups opening 50 connections at once meet on a loaded machine too: a
+    # lookup that timed out after the store-less computation started would rightly queue
+    # another one (it never predates its requests); stalls are the test above.
+    store = RedisStore.from_url(spawned_redis.url, deadline=1.0, metrics=fresh_metrics())
     try:
         async with Harness(store=store, namespace=namespace) as h:
-            # long enough that all 50 arrive while the first computation runs, even on a loaded
-            # machine: one arriving after it ended would rightly start another
-            h.service.delay = 0.5
+            h.service.delay = 0.1
             responses = await asyncio.gather(*(h.ask() for _ in range(50)))
     finally:
         await store.aclose()
