@@ -42,7 +42,7 @@ def test_a_flushed_histogram_reads_as_if_observed(values: list[float], flushes: 
     observed = Histogram("d", "d", ["path"], buckets=BOUNDS, registry=direct).labels("hit")
     child = Histogram("d", "d", ["path"], buckets=BOUNDS, registry=tallied).labels("hit")
     tallies = Tallies()
-    histogram = tallies.histogram(child, BOUNDS)
+    histogram = tallies.histogram(child)
     for index, value in enumerate(values):
         observed.observe(value)
         histogram.observe(value)

@@ -305,8 +305,7 @@ class RouteMetrics:
         tallies = self._tallies = metrics.tallies
         count = tallies.counter
         self.duration = {
-            path: tallies.histogram(metrics.query_duration.labels(route, path), _LATENCY_BUCKETS)
-            for path in PATHS
+            path: tallies.histogram(metrics.query_duration.labels(route, path)) for path in PATHS
         }
         self._hits = count(metrics.hits.labels(layer))
         self._misses = count(metrics.misses.labels(layer))
@@ -330,8 +329,7 @@ class RouteMetrics:
         self._shared = {o: count(metrics.single_flight.labels(o)) for o in SINGLE_FLIGHT_OUTCOMES}
         self._uncacheable = {r: count(metrics.uncacheable.labels(r)) for r in UncacheableReason}
         self._first_byte = {
-            s: tallies.histogram(metrics.stream_first_byte.labels(s), _LATENCY_BUCKETS)
-            for s in STREAM_SERVED
+            s: tallies.histogram(metrics.stream_first_byte.labels(s)) for s in STREAM_SERVED
         }
 
     def finished(self, path: CachePath, seconds: float) -> None:

@@ -14,7 +14,6 @@ import asyncio
 import threading
 import weakref
 from bisect import bisect_left
-from collections.abc import Sequence
 from typing import Protocol
 
 FLUSH_DELAY = 1.0
@@ -49,13 +48,15 @@ class HistogramTally:
     prometheus_client has no public call that adds many observations at once, so `flush` adds to
     the child's bucket and sum values directly (`_buckets`, `_sum`: the same values `observe`
     adds to, in every version this package accepts, in single- and multiprocess mode alike).
+    The bucket bounds are the child's own (`_upper_bounds`, ending in +Inf), so the two can
+    never disagree.
     """
 
     __slots__ = ("_bounds", "_flushed", "_flushed_sum", "child", "counts", "sum")
 
-    def __init__(self, child: object, bounds: Sequence[float]) -> None:
+    def __init__(self, child: object) -> None:
         self.child = child
-        self._bounds = (*bounds, float("inf"))
+        self._bounds: tuple[float, ...] = tuple(child._upper_bounds)  # type: ignore[attr-defined]
         self.counts = [0] * len(self._bounds)
         self._flushed = [0] * len(self._bounds)
         self.sum = 0.0
@@ -99,9 +100,9 @@ class Tallies:
             self._members.append(tally)
         return tally
 
-    def histogram(self, child: object, bounds: Sequence[float]) -> HistogramTally:
-        """A new tally of a histogram series with the upper `bounds` it was made with."""
-        tally = HistogramTally(child, bounds)
+    def histogram(self, child: object) -> HistogramTally:
+        """A new tally of a histogram series (Prometheus child), flushed with this group."""
+        tally = HistogramTally(child)
         with self._lock:
             self._members.append(tally)
         return tally

@@ -38,7 +38,6 @@ from cachegate.store.calls import CallRunner
 from cachegate.store.commands import RedisClient, generation, refused
 from cachegate.store.epoch import ServerEpochs
 from cachegate.store.urls import connect
-from cachegate.store_metrics import STORE_BUCKETS
 from cachegate.tally import HistogramTally
 
 T = TypeVar("T")
@@ -274,7 +273,7 @@ class RedisStore:
         duration = self._durations.get(operation)
         if duration is None:
             child = metrics.store_duration.labels(operation)
-            duration = self._durations[operation] = metrics.tallies.histogram(child, STORE_BUCKETS)
+            duration = self._durations[operation] = metrics.tallies.histogram(child)
         duration.observe(time.perf_counter() - started)
         metrics.tallies.touch()
         return result
