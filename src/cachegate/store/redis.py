@@ -42,6 +42,12 @@ from cachegate.tally import HistogramTally
 
 T = TypeVar("T")
 
+
+def _connect_timeout(deadline: float) -> float:
+    """How long opening a connection may take: ten call deadlines, at least a second."""
+    return max(deadline * 10, 1.0)
+
+
 logger = logging.getLogger("cachegate.store")
 
 WRITE_OPERATIONS = frozenset({"generations", "write", "bump", "set_many", "probe"})
@@ -80,7 +86,8 @@ class RedisStore:
         if self.breaker.state is not BreakerState.CLOSED:
             self._breaker_changed(self.breaker.state)
         self._cluster = isinstance(client, RedisCluster)
-        self._calls = CallRunner(client, backstop=max(deadline * 10, 1.0) + invalidation_deadline)
+        backstop = _connect_timeout(deadline) + invalidation_deadline
+        self._calls = CallRunner(client, backstop=backstop)
         self._durations: dict[str, HistogramTally] = {}
         """Each operation's latency series, counted as a tally (see `cachegate.tally`)."""
         self.probe_interval = probe_interval
@@ -114,7 +121,7 @@ class RedisStore:
         client: RedisClient = connect(
             url,
             cluster=cluster,
-            connect_timeout=max(deadline * 10, 1.0),
+            connect_timeout=_connect_timeout(deadline),
             socket_timeout=None,  # every call is bounded by `CallRunner` instead
             max_connections=max_connections,
         )
@@ -169,6 +176,11 @@ class RedisStore:
             return self.epochs.of(node.name) if node is not None else self.epochs.latest
         return self.epochs.latest
 
+    @property
+    def _start_timeout(self) -> float:
+        """How long each start-up step (connections, `CONFIG GET`) may take."""
+        return max(self.deadline * 20, 2.0)
+
     async def start(self) -> None:
         """Open connections ahead of the first request, read `maxmemory-policy` and start the
         write probe. Never raises: a Redis that is down at start is the breaker's business."""
@@ -176,7 +188,7 @@ class RedisStore:
             return
         self._started = True
         try:
-            async with asyncio.timeout(max(self.deadline * 20, 2.0)):
+            async with asyncio.timeout(self._start_timeout):
                 if self._calls.unready:
                     await self._calls.initialize()
                 await asyncio.gather(*(self.client.ping() for _ in range(self.warm_connections)))
@@ -188,7 +200,7 @@ class RedisStore:
     async def _check_eviction_policy(self) -> None:
         """Report `noeviction`: a full Redis then refuses invalidations (log, metric)."""
         try:
-            async with asyncio.timeout(max(self.deadline * 20, 2.0)):
+            async with asyncio.timeout(self._start_timeout):
                 reply = await self.client.config_get("maxmemory-policy")
         except Exception as error:  # CONFIG is often refused by ACLs
             logger.warning("maxmemory-policy unknown (CONFIG GET: %s)", type(error).__name__)
