@@ -227,6 +227,12 @@ class UnleashServer:
         self.stop()
         raise UnleashFailed(f"Unleash did not answer in {BOOT_TIMEOUT} s:\n{self._log_tail()}")
 
+    def _state(self) -> str:
+        """The process's state and its log's tail, for a failure message."""
+        process = self._process
+        state = "never started" if process is None else f"exit code {process.poll()}"
+        return f"connections ({state}):\n{self._log_tail()}"
+
     def _log_tail(self) -> str:
         try:
             return self.log_path.read_text(encoding="utf-8", errors="replace")[-3000:]
@@ -266,9 +272,9 @@ class UnleashServer:
                 try:
                     admin.post(f"{path}/{'on' if on else 'off'}").raise_for_status()
                     return
-                except httpx.ConnectError:
+                except httpx.ConnectError as error:
                     if time.monotonic() > deadline:
-                        raise
+                        raise UnleashFailed(f"Unleash refuses {self._state()}") from error
                     time.sleep(0.2)
 
     def set_rollout(self, flag: str, percentage: int) -> None:
