@@ -18,9 +18,17 @@ _provider_set = False
 def configured() -> bool:
     """Whether a tracer provider (an SDK) is set. Without one every span is a no-op that still
     costs about a microsecond to make, so the hit path makes none. A process sets its provider
-    once: it is looked up until it is, then remembered."""
+    once: it is looked up until it is, then remembered.
+
+    Until then the API's own global is read first: `get_tracer_provider()` looks the
+    environment up on every call, which costs more than the span it would save. A provider
+    named in `OTEL_PYTHON_TRACER_PROVIDER` is loaded into that global when `tracer` is made,
+    at import; an API without the global takes the public lookup.
+    """
     global _provider_set
     if not _provider_set:
+        if getattr(trace, "_TRACER_PROVIDER", 0) is None:
+            return False
         _provider_set = not isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider)
     return _provider_set
 
