@@ -714,6 +714,16 @@ def test_a_header_value_is_the_apps_value_or_a_bypass(raw: list[tuple[bytes, byt
         assert extractor(view(headers=raw)) == (app_values[0] if app_values else None)
 
 
+@pytest.mark.parametrize("make", [trusted_header, header])
+def test_a_header_name_no_server_can_send_is_refused_when_the_policy_is_built(
+    make: Callable[[str], object],
+) -> None:
+    """A header name is Latin-1 on the wire: one that is not could never match, so it is a
+    configuration error, not a bypass on every request."""
+    with pytest.raises(ValueError, match="Latin-1"):
+        make("X-Tenant-\u2603")
+
+
 def containers(inner: st.SearchStrategy[Any]) -> st.SearchStrategy[Any]:
     return st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=3), inner, max_size=3)
 

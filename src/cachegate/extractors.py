@@ -101,7 +101,10 @@ class RequestView:
         Read as Starlette's `Headers` reads it: ASGI servers send header names lowercased, and
         a name sent otherwise is seen neither by the app nor here.
         """
-        wanted = name.lower().encode("latin-1")
+        return self.raw_header(name.lower().encode("latin-1"))
+
+    def raw_header(self, wanted: bytes) -> str | None:
+        """`header` by its lowercased Latin-1 name, as the extractors keep it."""
         found = None
         for key, value in self.headers:
             if key == wanted:
@@ -174,8 +177,8 @@ class ClientValue:
 
     __slots__ = ("name",)
     helper: ClassVar[str] = ""
-    reads_body: ClassVar[bool] = False
     """The name of the function that makes it, for messages."""
+    reads_body: ClassVar[bool] = False
 
     def __init__(self, name: str) -> None:
         self.name = name
@@ -188,11 +191,15 @@ class ClientValue:
 
 
 class _Header(ClientValue):
-    __slots__ = ()
+    __slots__ = ("_raw",)
     helper = "header"
 
+    def __init__(self, name: str) -> None:
+        super().__init__(name)
+        self._raw = header_name(name)
+
     def __call__(self, request: RequestView) -> str | None:
-        return request.header(self.name)
+        return request.raw_header(self._raw)
 
 
 class _Query(ClientValue):
@@ -252,14 +259,24 @@ def body_field(path: str) -> Extractor:
 
 
 class _TrustedHeader:
-    __slots__ = ("name",)
+    __slots__ = ("_raw", "name")
     reads_body: ClassVar[bool] = False
 
     def __init__(self, name: str) -> None:
         self.name = name
+        self._raw = header_name(name)
 
     def __call__(self, request: RequestView) -> str | None:
-        return request.header(self.name)
+        return request.raw_header(self._raw)
+
+
+def header_name(name: str) -> bytes:
+    """A header's name as ASGI servers send it (lowercased Latin-1); `ValueError` if it
+    cannot be one, at configuration rather than on every request."""
+    try:
+        return name.lower().encode("latin-1")
+    except UnicodeEncodeError:
+        raise ValueError(f"a header name is Latin-1 text, not {name!r}") from None
 
 
 class _Authenticated:

@@ -312,11 +312,12 @@ def answer_content(body: bytes, headers: Sequence[tuple[bytes, bytes]]) -> bytes
 
 
 def add_header(send: Send, value: bytes) -> Send:
-    """Wrap `send` so the response start carries `X-CacheGate: value`."""
+    """Wrap `send` so the response start carries `X-CacheGate: value`. The wrapper returns
+    `send`'s awaitable rather than awaiting it: no coroutine of its own per message."""
 
-    async def wrapped(message: Message) -> None:
+    def wrapped(message: Message) -> Awaitable[None]:
         if message["type"] == "http.response.start":
             message["headers"] = [*message.get("headers", []), (HEADER, value)]
-        await send(message)
+        return send(message)
 
     return wrapped

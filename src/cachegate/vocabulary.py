@@ -40,10 +40,11 @@ class Served(StrEnum):
     SHADOW_MISS = "shadow-miss"
     BYPASS = "bypass"
 
-    @property
-    def header(self) -> bytes:
-        """The header's value as sent (a member is its own text: no `.value` lookup)."""
-        return self.encode()
+    header: bytes
+    """The header's value as sent, encoded once."""
+
+    def __init__(self, value: str) -> None:
+        self.header = value.encode()
 
 
 class ComparisonKind(StrEnum):
