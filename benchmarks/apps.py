@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Annotated, Any
 
@@ -35,8 +36,11 @@ from cachegate import (
     trusted_header,
 )
 from cachegate.extractors import Extractor
-from cachegate.rollout import Rollout
+from cachegate.middleware import STATE_KEY
+from cachegate.responses import HEADER
+from cachegate.rollout import Rollout, enter_decision, exit_decision
 from cachegate.store import Store
+from cachegate.vocabulary import BypassReason, CachePath
 
 Message = MutableMapping[str, Any]
 CacheScope = MutableMapping[str, Any]
@@ -134,6 +138,52 @@ class BodyRead:
         await self.app(scope, replay, send)
 
 
+class LeastBypass:
+    """The least a flags-off bypass of a cached route can do, inlined in one pure-ASGI
+    middleware: find the route, read the tenant, decide, count the decision, the bypass and the
+    duration, carry the decision (`request.state` and the context the L2 embedder reads), mark
+    the response. What `CacheGateMiddleware` does for such a request, with nothing between the
+    steps: the floor of the flags-off row."""
+
+    def __init__(self, app: ASGIApp, gate: CacheGate) -> None:
+        self.app = app
+        self.gate = gate
+
+    async def __call__(self, scope: CacheScope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            if scope["type"] == "lifespan":
+                receive = self.gate.lifespan(receive)
+            await self.app(scope, receive, send)
+            return
+        match = self.gate.router.match(scope["method"], scope["path"])
+        if match is None:
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        counts = self.gate.counts(match.rule.route)
+        tenant = None
+        for name, value in scope["headers"]:
+            if name == b"x-workspace-id":
+                tenant = value.decode("latin-1")
+        assert tenant is not None
+        decision = self.gate.decide(tenant)
+        counts.decided(decision.l1, decision.l2)
+        counts.bypass(BypassReason.MODE_OFF)
+        scope.setdefault("state", {})[STATE_KEY] = decision
+        tokens = enter_decision(decision, tenant)
+
+        def marked(message: Message) -> Awaitable[None]:
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", []), (HEADER, b"bypass")]
+            return send(message)
+
+        try:
+            await self.app(scope, receive, marked)
+        finally:
+            exit_decision(tokens)
+            counts.finished(CachePath.BYPASS, time.perf_counter() - started)
+
+
 # --- the variants --------------------------------------------------------------------------------
 
 
@@ -177,6 +227,18 @@ def no_policy(redis_url: str, namespace: str) -> Built:
 
 def flags_off(redis_url: str, namespace: str) -> Built:
     return gated(post_policy(), MemoryStore(), namespace, StaticRollout(Decision()))
+
+
+def least_bypass(redis_url: str, namespace: str) -> Built:
+    gate = CacheGate(
+        policies=[post_policy()],
+        store=MemoryStore(),
+        namespace=namespace,
+        rollout=StaticRollout(Decision()),
+    )
+    app = starlette_app()
+    app.add_middleware(LeastBypass, gate=gate)
+    return Built(app, gate)
 
 
 def hit_memory(redis_url: str, namespace: str) -> Built:
@@ -270,6 +332,7 @@ APPS: dict[str, Callable[[str, str], Built]] = {
     "body_read": body_read,
     "no_policy": no_policy,
     "flags_off": flags_off,
+    "least_bypass": least_bypass,
     "hit_memory": hit_memory,
     "hit_redis": hit_redis,
     "floor_post": floor_post,

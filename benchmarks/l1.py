@@ -37,6 +37,7 @@ EXPECTED_HEADER: dict[str, str | None] = {
     "body_read": None,
     "no_policy": None,
     "flags_off": "bypass",
+    "least_bypass": "bypass",
     "hit_memory": "hit",
     "hit_redis": "hit",
     "floor_post": None,
