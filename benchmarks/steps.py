@@ -6,7 +6,8 @@ each step the middleware takes for such a request is timed alone, warm, on the s
 the `flags_off` app uses. What the steps do not add up to is the cost of the calls and awaits
 that join them (two coroutine frames, the header wrapper's frame per message). The table says
 which of the overhead is work a bypass must do at all (find the route, read the tenant, decide,
-count, carry the decision, mark the response) and how far from the bare app that alone is.
+count, carry the decision, mark the response) and how far from the bare app that alone is; and
+`least_bypass`, those steps inlined in one middleware, shows what they cost with nothing between.
 """
 
 from __future__ import annotations
@@ -109,20 +110,21 @@ async def _marking() -> float:
     return (timed["marked"].median - timed["plain"].median) / BATCH
 
 
-async def _overhead(redis_url: str, namespace: str) -> tuple[float, float]:
-    built = {name: apps.APPS[name](redis_url, namespace) for name in ("bare", "flags_off")}
+async def _overhead(redis_url: str, namespace: str) -> tuple[float, float, float]:
+    names = ("bare", "flags_off", "least_bypass")
+    built = {name: apps.APPS[name](redis_url, namespace) for name in names}
     try:
         drivers = await checked_drivers(built)
         timed = await time_async(dict(drivers.items()), warmup=1_000, iterations=20_000, rounds=10)
     finally:
         for item in built.values():
             await item.aclose()
-    return timed["bare"].median, timed["flags_off"].median
+    return timed["bare"].median, timed["flags_off"].median, timed["least_bypass"].median
 
 
 def report(redis_url: str, namespace: str) -> str:
     """The markdown report: the overhead, each step's share of it and of the bare app."""
-    bare, off = asyncio.run(_overhead(redis_url, namespace))
+    bare, off, least = asyncio.run(_overhead(redis_url, namespace))
     built = apps.flags_off(redis_url, namespace)
 
     async def timed() -> dict[str, Samples]:
@@ -154,7 +156,10 @@ def report(redis_url: str, namespace: str) -> str:
         + "\n\nThe steps are what a bypass must do at all; with nothing else, they alone are "
         f"{total / bare:.0%} of the bare app. The rest is the price of running them as a "
         "middleware: two coroutines (the responder and its admission), the dispatch, the "
-        "clock and the try blocks that keep a failure from leaving a request uncounted.\n"
+        "clock and the try blocks that keep a failure from leaving a request uncounted.\n\n"
+        f"The same steps inlined in one middleware with nothing between them "
+        f"(`least_bypass`, `benchmarks/apps.py`), in the same run: {us(least)}, "
+        f"{least / bare:.2f}x bare; `flags_off` is {off / least:.2f}x of it.\n"
     )
 
 
