@@ -39,17 +39,19 @@ async def _hit_path(redis_url: str, namespace: str, quick: bool) -> dict[str, Sa
     def encrypted(store: Store) -> EncryptedStore:
         return EncryptedStore(store, {"k1": KEY}, "k1", digest_secret=b"d" * 32)
 
-    stores: dict[str, Store] = {
-        "hit, MemoryStore": MemoryStore(),
-        "hit, MemoryStore + EncryptedStore": encrypted(MemoryStore()),
-        "hit, RedisStore": apps.redis_store(redis_url),
-        "hit, RedisStore + EncryptedStore": encrypted(apps.redis_store(redis_url)),
-    }
-    built = {
-        name: apps.gated(apps.post_policy(), store, f"{namespace}enc{i}")
-        for i, (name, store) in enumerate(stores.items())
-    }
-    return await time_apps(built, quick=quick, expect="hit_memory")
+    def build() -> dict[str, apps.Built]:
+        stores: dict[str, Store] = {
+            "hit, MemoryStore": MemoryStore(),
+            "hit, MemoryStore + EncryptedStore": encrypted(MemoryStore()),
+            "hit, RedisStore": apps.redis_store(redis_url),
+            "hit, RedisStore + EncryptedStore": encrypted(apps.redis_store(redis_url)),
+        }
+        return {
+            name: apps.gated(apps.post_policy(), store, f"{namespace}enc{i}")
+            for i, (name, store) in enumerate(stores.items())
+        }
+
+    return await time_apps(build, quick=quick, expect="hit_memory")
 
 
 def _cipher(quick: bool) -> tuple[dict[str, Samples], int]:

@@ -120,16 +120,19 @@ async def _hit_path(quick: bool) -> dict[str, Samples]:
     from cachegate.rollout import Rollout
 
     source = OfflineFlags.from_file(stage_path(HIT_STAGE))
-    rollouts: dict[str, Rollout] = {
-        "hit path, StaticRollout": StaticRollout(),
-        "hit path, FlagRollout memoised": FlagRollout(source),
-        "hit path, FlagRollout not memoised": FlagRollout(source, memo_size=0),
-    }
-    built = {
-        name: apps.hit_memory_rollout(rollout, f"cgbench-flags{i}")
-        for i, (name, rollout) in enumerate(rollouts.items())
-    }
-    return await time_apps(built, quick=quick, expect="hit_memory")
+
+    def build() -> dict[str, apps.Built]:
+        rollouts: dict[str, Rollout] = {
+            "hit path, StaticRollout": StaticRollout(),
+            "hit path, FlagRollout memoised": FlagRollout(source),
+            "hit path, FlagRollout not memoised": FlagRollout(source, memo_size=0),
+        }
+        return {
+            name: apps.hit_memory_rollout(rollout, f"cgbench-flags{i}")
+            for i, (name, rollout) in enumerate(rollouts.items())
+        }
+
+    return await time_apps(build, quick=quick, expect="hit_memory")
 
 
 def run(*, quick: bool) -> FlagResult:

@@ -94,13 +94,16 @@ async def hit_path(redis_url: str, namespace: str, quick: bool) -> dict[str, Sam
         "hit, no epoch check": no_epoch,
         "hit, deadline in the request's task (before)": in_task,
     }
-    built = {
-        name: apps.gated(
-            apps.post_policy(), kind.from_url(redis_url, deadline=1.0), f"{namespace}fr{i}"
-        )
-        for i, (name, kind) in enumerate(stores.items())
-    }
-    return await time_apps(built, quick=quick, expect="hit_memory")
+
+    def build() -> dict[str, apps.Built]:
+        return {
+            name: apps.gated(
+                apps.post_policy(), kind.from_url(redis_url, deadline=1.0), f"{namespace}fr{i}"
+            )
+            for i, (name, kind) in enumerate(stores.items())
+        }
+
+    return await time_apps(build, quick=quick, expect="hit_memory")
 
 
 def _tenant_on(cluster: Any, namespace: str, node: Any, *, other: bool) -> str:

@@ -14,7 +14,7 @@ from benchmarks.freshness import FreshnessResult
 from benchmarks.freshness import render as render_freshness
 from benchmarks.harness import Samples
 from benchmarks.invalidation import InvalidationResult
-from benchmarks.l1 import InProcess, OverHttp
+from benchmarks.l1 import INSTANCES, InProcess, OverHttp
 from benchmarks.l2 import BATCH, HIT_RATES, L2Result
 from benchmarks.streaming import StreamingResult
 from benchmarks.streaming import render as render_streaming
@@ -123,7 +123,8 @@ def render(
         lines += [
             "## L1 in-process (raw ASGI driver, one request at a time)",
             "",
-            f"{inproc.iterations:,} requests per variant, rounds interleaved; per-request time.",
+            f"{inproc.iterations:,} requests per variant, spread over {INSTANCES} copies of each "
+            "app, rounds interleaved; per-request time.",
             "",
         ]
         for title_, base, names in GROUPS:

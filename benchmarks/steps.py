@@ -29,7 +29,7 @@ from benchmarks.harness import (
     time_async,
     time_sync,
 )
-from benchmarks.l1 import Driver, checked_drivers
+from benchmarks.l1 import Driver, time_apps
 from benchmarks.tables import table, us
 from cachegate.extractors import RequestView
 from cachegate.middleware import STATE_KEY, CacheResponder
@@ -112,13 +112,9 @@ async def _marking() -> float:
 
 async def _overhead(redis_url: str, namespace: str) -> tuple[float, float, float]:
     names = ("bare", "flags_off", "least_bypass")
-    built = {name: apps.APPS[name](redis_url, namespace) for name in names}
-    try:
-        drivers = await checked_drivers(built)
-        timed = await time_async(dict(drivers.items()), warmup=1_000, iterations=20_000, rounds=10)
-    finally:
-        for item in built.values():
-            await item.aclose()
+    timed = await time_apps(
+        lambda: {name: apps.APPS[name](redis_url, namespace) for name in names}, quick=False
+    )
     return timed["bare"].median, timed["flags_off"].median, timed["least_bypass"].median
 
 
