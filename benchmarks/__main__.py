@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks import report
-from benchmarks.harness import REPO, RedisServer, delete_prefix, machine, percentile
+from benchmarks.harness import REPO, RedisServer, cpu_ticks, delete_prefix, machine, percentile
 
 GROUPS = (
     "inprocess",
@@ -73,6 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     namespace = f"cgbench{os.getpid()}"
     started = time.monotonic()
     load_start = os.getloadavg()[0]
+    ticks_start = cpu_ticks()
     measured = report.Measured()
     notes: list[str] = []
     with RedisServer(cpu=1) as server:
@@ -131,6 +132,7 @@ def main(argv: list[str] | None = None) -> int:
             delete_prefix(url, namespace)
     elapsed = time.monotonic() - started
     load_end = os.getloadavg()[0]
+    ticks_end = cpu_ticks()
     now = dt.datetime.now(dt.UTC)
     settings = [
         f"`make bench` ({'--quick smoke run, not for citing' if quick else 'full run'}),",
@@ -142,6 +144,12 @@ def main(argv: list[str] | None = None) -> int:
         f"Load average (1 min) {load_start:.2f} at the start and {load_end:.2f} at the end",
         "(anything above ~0.1 is other work sharing the 2 cores).",
     ]
+    if ticks_start is not None and ticks_end is not None and ticks_end[1] > ticks_start[1]:
+        stolen = (ticks_end[0] - ticks_start[0]) / (ticks_end[1] - ticks_start[1])
+        settings.append(
+            f"The VM's host took {stolen:.1%} of its CPU time during the run (steal time, "
+            "/proc/stat); it lands on whichever side was running and widens the rounds' spread."
+        )
     title = "CacheGate benchmarks" + (" (quick smoke run)" if quick else "")
     text = report.render(
         title=title, machine=info, settings=settings, measured=measured, notes=notes

@@ -46,6 +46,8 @@ class Samples:
 
     name: str
     values: list[float] = field(default_factory=list)
+    round_size: int = 0
+    """How many consecutive values each round took (0: not timed in rounds)."""
 
     @property
     def median(self) -> float:
@@ -60,11 +62,26 @@ class Samples:
         return len(self.values)
 
 
+def round_ratios(ours: Samples, base: Samples) -> list[float]:
+    """`ours` over `base` round by round (the medians of what each took in the same round):
+    how far the machine moved one ratio during the run. Empty unless both were timed in the
+    same rounds."""
+    size = ours.round_size
+    if not size or size != base.round_size or len(ours.values) != len(base.values):
+        return []
+    return [
+        percentile(ours.values[i : i + size], 0.5) / percentile(base.values[i : i + size], 0.5)
+        for i in range(0, len(ours.values), size)
+    ]
+
+
 def _rounds(
     variants: dict[str, Any], samples: dict[str, Samples], iterations: int, rounds: int
 ) -> Iterator[tuple[Any, list[float], int]]:
     """Each round, each variant in turn: its call, where its samples go, and how many to take."""
     per_round = max(iterations // rounds, 1)
+    for taken in samples.values():
+        taken.round_size = per_round
     for _ in range(rounds):
         for name, call in variants.items():
             gc.collect()
@@ -346,6 +363,18 @@ def package_version(name: str) -> str:
         return version(name)
     except PackageNotFoundError:
         return "not installed"
+
+
+def cpu_ticks() -> tuple[int, int] | None:
+    """(stolen, total) CPU ticks of all CPUs so far, from /proc/stat: the time the VM's host
+    gave to others while this machine wanted to run (None where there is no /proc/stat)."""
+    try:
+        with open("/proc/stat", encoding="ascii") as stat:
+            fields = [int(value) for value in stat.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+    steal = fields[7] if len(fields) > 7 else 0
+    return steal, sum(fields[:8])
 
 
 def machine(redis_url: str) -> dict[str, str]:

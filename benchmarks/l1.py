@@ -165,7 +165,8 @@ async def time_apps(
 ) -> dict[str, Samples]:
     """Each app `build` makes, one request at a time, rounds interleaved, checked before and
     after (see `checked_drivers`); `instances` copies of the whole set, each copy taking an
-    equal share of the requests, pooled per app. The apps are closed after."""
+    equal share of the requests, pooled per app copy by copy (so the rounds of two apps still
+    line up, for `round_ratios`). The apps are closed after."""
     copies: list[dict[str, apps.Built]] = []
     try:
         drivers: dict[str, Driver] = {}
@@ -182,7 +183,11 @@ async def time_apps(
         for name, driver in drivers.items():
             driver.check(expect or name.partition("#")[0])
         return {
-            name: Samples(name, [v for n in range(instances) for v in timed[f"{name}#{n}"].values])
+            name: Samples(
+                name,
+                [v for n in range(instances) for v in timed[f"{name}#{n}"].values],
+                timed[f"{name}#0"].round_size,
+            )
             for name in copies[0]
         }
     finally:
