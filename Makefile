@@ -41,8 +41,8 @@ $(BENCH_STAMP): pyproject.toml benchmarks/requirements.txt
 	touch $@
 
 bench-deps:
-	@command -v redis-server >/dev/null && command -v wrk >/dev/null || \
-		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server wrk)
+	@command -v redis-server >/dev/null && command -v wrk >/dev/null && command -v valgrind >/dev/null || \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server wrk valgrind)
 
 bench: install $(BENCH_STAMP) bench-deps
 	$(BENCH)/bin/python -m benchmarks
@@ -51,11 +51,13 @@ bench-quick: install $(BENCH_STAMP) bench-deps
 	$(BENCH)/bin/python -m benchmarks --quick
 
 # Call trees (pyinstrument) of the hot paths: Redis hit, MemoryStore hit, flags-off bypass and
-# L2 all-hit, each on a private redis-server; writes benchmarks/results/profile-<path>.txt, and
-# the flags-off bypass step by step to benchmarks/results/steps-flags-off.md.
+# L2 all-hit, each on a private redis-server; writes benchmarks/results/profile-<path>.txt, the
+# flags-off bypass step by step to benchmarks/results/steps-flags-off.md, and the in-process
+# paths' instructions per request (callgrind) to benchmarks/results/instructions.md.
 profile: $(BENCH_STAMP) bench-deps
 	$(BENCH)/bin/python -m benchmarks.profiles
 	$(BENCH)/bin/python -m benchmarks.steps
+	$(BENCH)/bin/python -m benchmarks.instructions
 
 # 200 clients for 60 s through uvicorn against a private redis-server; writes
 # benchmarks/results/soak.md and fails on any failed request or memory growth.
