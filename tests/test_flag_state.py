@@ -163,8 +163,16 @@ async def test_a_restart_while_unleash_is_down_keeps_the_kill_switch(
             server.start()
             await eventually(lambda: tracker.source == "live", "live again")
             server.switch(FLAG_KILL_SWITCH, on=False)
-            await eventually(lambda: demo.stages.stage == "l1-100", "kill switch released")
-            assert (await paths(client))[-1] == "hit"
+            # The stage is read from the fetched payload, which the SDK's engine loads a moment
+            # later: wait for the decision as well, or the first requests still bypass.
+            await eventually(
+                lambda: (
+                    demo.stages.stage == "l1-100"
+                    and demo.gate.rollout.decide("ws-001").l1 is Mode.SERVE
+                ),
+                "kill switch released",
+            )
+            assert await paths(client) == ["miss"] + ["hit"] * 4
     finally:
         server.start()
         server.switch(FLAG_KILL_SWITCH, on=False)
