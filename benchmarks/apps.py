@@ -166,7 +166,7 @@ class LeastBypass:
             if name == b"x-workspace-id":
                 tenant = value.decode("latin-1")
         assert tenant is not None
-        decision = self.gate.decide(tenant)
+        decision = self.gate.rollout.decide(tenant)
         counts.decided(decision.l1, decision.l2)
         counts.bypass(BypassReason.MODE_OFF)
         scope.setdefault("state", {})[STATE_KEY] = decision

@@ -50,9 +50,9 @@ def _steps(built: apps.Built) -> dict[str, Callable[[], Any]]:
     policy = match.rule
     counts = gate.counts(policy.route)
     request = RequestView.of(scope, match.path_params, b"")
-    tenant = gate.tenant(policy, request)  # type: ignore[arg-type]
+    tenant = gate.keying.tenant(policy, request)  # type: ignore[arg-type]
     assert tenant is not None
-    decision = gate.decide(tenant)
+    decision = gate.rollout.decide(tenant)
 
     def count() -> None:
         counts.decided(decision.l1, decision.l2)
@@ -74,8 +74,8 @@ def _steps(built: apps.Built) -> dict[str, Callable[[], Any]]:
         "the extractors' view (`RequestView.of`)": lambda: RequestView.of(
             scope, match.path_params, b""
         ),
-        "read the tenant (`trusted_header`)": lambda: gate.tenant(policy, request),  # type: ignore[arg-type]
-        "decide (`StaticRollout`)": lambda: gate.decide(tenant),
+        "read the tenant (`trusted_header`)": lambda: gate.keying.tenant(policy, request),  # type: ignore[arg-type]
+        "decide (`StaticRollout`)": lambda: gate.rollout.decide(tenant),
         "count (decision, bypass, duration)": count,
         "carry the decision (`request.state`, contextvar)": carry_decision,
     }

@@ -27,6 +27,7 @@ from cachegate import (
     header,
     trusted_header,
 )
+from cachegate.responses import request_refuses_cache
 from cachegate.store import MemoryStore, RedisStore, Store
 
 pytestmark = pytest.mark.anyio
@@ -296,6 +297,13 @@ async def test_request_cache_control_no_store_or_no_cache_bypasses(
     assert h.service.calls["query"] == 2
     assert h.bypassed("request_no_cache") == 1
     assert (await h.ask(headers={"Cache-Control": "max-age=60"})).headers["x-cachegate"] == "hit"
+
+
+def test_request_no_cache_counts_in_any_of_several_cache_control_headers() -> None:
+    several = [(b"cache-control", b"max-age=60"), (b"cache-control", b"private, no-cache")]
+    assert request_refuses_cache(several)
+    assert not request_refuses_cache([(b"cache-control", b"max-age=60, no-transform")])
+    assert not request_refuses_cache([(b"pragma", b"no-cache"), (b"x-no-cache", b"no-cache")])
 
 
 async def test_request_no_cache_can_be_ignored_per_policy(build: Build) -> None:

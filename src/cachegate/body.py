@@ -19,7 +19,10 @@ class RequestBody:
     @property
     def body(self) -> bytes:
         """The body bytes read."""
-        return b"".join(m.get("body", b"") for m in self.messages if m["type"] == "http.request")
+        messages = self.messages
+        if len(messages) == 1 and messages[0]["type"] == "http.request":  # the common case
+            return bytes(messages[0].get("body", b""))
+        return b"".join(m.get("body", b"") for m in messages if m["type"] == "http.request")
 
     def receive_again(self, receive: Receive) -> Receive:
         """A `receive` that yields every message read, in order, then the original's."""

@@ -131,7 +131,7 @@ class RequestView:
         or `application/*+json`: a `text/plain` body the app would refuse is never keyed.
         """
         if self._json is self._UNPARSED:
-            if not _json_content_type(self.header("content-type")):
+            if not _json_content_type(self.raw_header(b"content-type")):
                 raise BadRequest(BypassReason.NOT_JSON)
             try:
                 text = self.body.decode("utf-8")
@@ -145,7 +145,7 @@ class RequestView:
 
 
 def _json_content_type(value: str | None) -> bool:
-    if value is None:
+    if value is None or value == "application/json":
         return True
     media = value.split(";", 1)[0].strip().lower()
     main, _, sub = media.partition("/")

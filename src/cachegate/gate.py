@@ -17,7 +17,7 @@ from cachegate.limits import Limits
 from cachegate.metrics import Metrics, RouteMetrics
 from cachegate.policy import Policy, Router, WriteRule
 from cachegate.results import ResultCache
-from cachegate.rollout import Decision, Rollout, StaticRollout
+from cachegate.rollout import Rollout, StaticRollout
 from cachegate.singleflight import SingleFlight
 from cachegate.store.base import Store, digest_secret_of, metrics_of
 from cachegate.store.codec import Entry
@@ -116,22 +116,6 @@ class CacheGate:
     def counts(self, route: str) -> RouteMetrics:
         """The series a cached route's requests count into, bound once."""
         return self.route_metrics[route]
-
-    def tenant(self, policy: Policy, request: RequestView) -> str | None:
-        """The request's tenant under `policy` (None: it has none); `BadRequest` if unreadable."""
-        return self.keying.tenant(policy, request)
-
-    def decide(self, tenant: str) -> Decision:
-        """The rollout's decision for a tenant's request, per layer."""
-        return self.rollout.decide(tenant)
-
-    def facts(self, policy: Policy, request: RequestView, tenant: str) -> RequestFacts:
-        """The request's cache scope and keys; `BadRequest` when its key material is unreadable."""
-        return self.keying.facts(policy, request, tenant)
-
-    def is_pending(self, scope: CacheScope) -> bool:
-        """Whether an invalidation of `scope` waits for the store: its requests bypass."""
-        return self.invalidator.is_pending(scope)
 
     def experiments(self, app: ASGIApp, policy: Policy) -> Experiments:
         """The shadow, verify and noise runs of `policy`'s route on `app`."""

@@ -27,6 +27,7 @@ from cachegate.extractors import (
     header,
     path_param,
     query_param,
+    reads_body,
     scope_text,
     trusted_header,
 )
@@ -132,6 +133,8 @@ class Policy:
     honor_request_no_cache: bool = True
     guard: Guard | None = None
     streams: Streams | None = None
+    tenant_in_body: bool = field(init=False, repr=False, compare=False)
+    """Whether reading the tenant may read the body (`reads_body`), known once per policy."""
 
     def __post_init__(self) -> None:
         if self.ttl <= 0:
@@ -146,6 +149,7 @@ class Policy:
                 f"model)."
             )
         object.__setattr__(self, "methods", frozenset(m.upper() for m in self.methods))
+        object.__setattr__(self, "tenant_in_body", reads_body(self.tenant))
 
 
 @dataclass(frozen=True)

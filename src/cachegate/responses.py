@@ -31,22 +31,22 @@ _NO_STORE_RESPONSE = frozenset({"no-store", "private", "no-cache"})
 _NO_CACHE_REQUEST = frozenset({"no-store", "no-cache"})
 
 
-def cache_control(headers: Headers) -> set[str]:
-    """The lower-cased directive names of every `Cache-Control` header (`"no-cache, no-store"`)."""
-    return set(_directives(headers))
-
-
 def _directives(headers: Headers) -> dict[str, str]:
     """Every `Cache-Control` directive, lower-cased, with its value (`""` without one)."""
     directives: dict[str, str] = {}
     for name, value in headers:
         if name.lower() == b"cache-control":
-            for part in value.decode("latin-1").split(","):
-                directive, _, argument = part.partition("=")
-                directive = directive.strip().lower()
-                if directive:
-                    directives.setdefault(directive, argument.strip().strip('"'))
+            _add_directives(value, directives)
     return directives
+
+
+def _add_directives(value: bytes, directives: dict[str, str]) -> None:
+    """Add the directives of one `Cache-Control` value (the first of a name wins)."""
+    for part in value.decode("latin-1").split(","):
+        directive, _, argument = part.partition("=")
+        directive = directive.strip().lower()
+        if directive:
+            directives.setdefault(directive, argument.strip().strip('"'))
 
 
 def _expired(value: bytes) -> bool:
@@ -75,8 +75,18 @@ def _response_refuses_storage(headers: Headers) -> bool:
 
 
 def request_refuses_cache(headers: Headers) -> bool:
-    """Whether a request asks not to be answered from a cache (`no-store` or `no-cache`)."""
-    return bool(cache_control(headers) & _NO_CACHE_REQUEST)
+    """Whether a request asks not to be answered from a cache (`no-store` or `no-cache`).
+
+    Request header names are read as Starlette reads them: lowercased, as ASGI servers send
+    them (a response's are read in any case).
+    """
+    for name, value in headers:
+        if name == b"cache-control":
+            directives: dict[str, str] = {}
+            _add_directives(value, directives)
+            if not _NO_CACHE_REQUEST.isdisjoint(directives):
+                return True
+    return False
 
 
 def refusal(status: int, headers: Headers, *, streams: bool = False) -> UncacheableReason | None:

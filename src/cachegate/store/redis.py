@@ -307,7 +307,7 @@ class RedisStore:
         entry = values[0]
         return Lookup(
             entry if isinstance(entry, bytes) else None,
-            tuple(generation(value) for value in values[1:]),
+            tuple(map(generation, values[1:])),
             self._epoch(key),
         )
 
