@@ -8,7 +8,9 @@ least a bypass can do, a MemoryStore hit; the one-GET floor and a Redis hit, on 
 redis-server) serves `SHORT` and then `LONG` requests after a warm-up, each in its own process
 under callgrind; the difference of the two totals over `LONG - SHORT` requests is one request's
 instructions, start-up cancelled out. Only the benchmark process is counted: not redis-server,
-not the kernel.
+not the kernel. The Redis rows alone move with the load: while a request waits for Redis, the
+event loop of a busy machine wakes more often for nothing (up to 5% more instructions seen
+while the suite ran beside it), so take them on a quiet machine.
 
 Instructions are not time (a cache miss or a syscall costs more than its instructions), so the
 ratios here stand beside the bench's, not for them: they say how much more work a path does,
@@ -112,9 +114,10 @@ def report() -> str:
         f"`make profile`: each app in its own CPython {python} process under `valgrind "
         f"--tool=callgrind`, {SHORT:,} and {LONG:,} requests after a warm-up of {WARMUP}, one "
         "request at a time through the raw ASGI driver; a request's instructions are the "
-        f"difference of the two totals over {LONG - SHORT:,} requests. Repeatable to about "
-        "0.5% on the same machine and binary, whatever the load. Not time: see "
-        "`benchmarks/instructions.py`.\n\n"
+        f"difference of the two totals over {LONG - SHORT:,} requests. The in-process rows "
+        "repeat to about 0.5% on the same machine and binary, whatever the load; the Redis "
+        "rows only on a quiet machine (a busy one's event loop wakes more often while it "
+        "waits). Not time: see `benchmarks/instructions.py`.\n\n"
         + "\n".join(table(["variant", "instructions", "ratio vs bare", "target"], local))
         + "\n\nOn a private redis-server (its own work, and the kernel's, not counted):\n\n"
         + "\n".join(table(["variant", "instructions", "ratio vs floor", "target"], redis))

@@ -8,6 +8,7 @@ import asyncio
 from collections.abc import AsyncIterator
 
 import pytest
+import redis
 import redis.asyncio
 from support.redis_server import RedisServer
 
@@ -78,6 +79,40 @@ async def test_a_call_past_its_deadline_leaves_no_connection_that_answers_anothe
     server.resume()
     for key, value in (("b", b"B"), ("a", b"A"), ("b", b"B")):
         assert await store.get_many([key]) == [value]
+
+
+async def test_a_lookup_past_its_deadline_closes_its_connection_on_the_direct_path(
+    server: RedisServer, store: RedisStore
+) -> None:
+    """A lookup's MGET runs on the pool's connection directly (`BoundedConnectionPool.execute`),
+    not through the client: cut at its deadline, that connection is closed all the same."""
+    assert (await store.lookup("a", ["b"])).value == b"A"
+    pool = pool_of(store)
+    assert pool.next_ready()
+    server.pause()
+    with pytest.raises(StoreTimeout):
+        await store.lookup("a", ["b"])
+    assert not pool.next_ready()
+    assert len(pool._in_use_connections) == 0
+    server.resume()
+    assert (await store.lookup("b", ["a"])).value == b"B"
+    assert await pool.execute("GET", "a") == b"A"
+
+
+async def test_an_error_reply_on_the_direct_path_leaves_its_connection_clean(
+    server: RedisServer, store: RedisStore
+) -> None:
+    pool = pool_of(store)
+    admin = server.client()
+    try:
+        admin.hset("h", "f", "v")
+    finally:
+        admin.close()
+    with pytest.raises(redis.ResponseError, match="WRONGTYPE"):
+        await pool.execute("GET", "h")
+    assert pool.next_ready()  # the error was read whole: the connection goes back open
+    assert await pool.execute("GET", "a") == b"A"
+    assert await store.get_many(["b", "missing", "h"]) == [b"B", None, None]
 
 
 async def test_a_cancelled_call_is_not_a_timeout_and_closes_its_connection(

@@ -7,6 +7,10 @@ suspends: no lock, no condition, no timeout context. A release that cannot suspe
 be interrupted: a call cancelled at its deadline while releasing its connection would otherwise
 leave it checked out for good. redis-py's connection observability and release events are not
 dispatched (CacheGate uses neither).
+
+`execute` runs one command on a pooled connection without the client's layers (retries, the
+HIMPORT check, observability hooks, response callbacks), which cost a Redis hit more Python
+than the command itself; the store's reads go through it.
 """
 
 from __future__ import annotations
@@ -51,6 +55,20 @@ class BoundedConnectionPool(ConnectionPool):
             self._give_back(connection)
             raise
         return connection
+
+    async def execute(self, *args: Any) -> Any:
+        """One command's reply, as `Redis.execute_command` returns it with retries off and no
+        response callback (MGET and GET have none).
+
+        redis-py closes a connection whose send or read fails or is cancelled, so a late reply
+        never answers another command; an error reply is read whole and leaves it clean.
+        """
+        connection = await self.get_connection()
+        try:
+            await connection.send_packed_command(connection.pack_command(*args))
+            return await connection.read_response()
+        finally:
+            self._give_back(connection)
 
     async def release(self, connection: AbstractConnection) -> None:
         """Put `connection` back and wake the first waiting checkout; never suspends."""

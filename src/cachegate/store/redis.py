@@ -37,6 +37,7 @@ from cachegate.store.base import (
 from cachegate.store.calls import CallRunner
 from cachegate.store.commands import RedisClient, generation, refused
 from cachegate.store.epoch import ServerEpochs
+from cachegate.store.pool import BoundedConnectionPool
 from cachegate.store.urls import connect
 from cachegate.tally import HistogramTally
 
@@ -86,6 +87,9 @@ class RedisStore:
         if self.breaker.state is not BreakerState.CLOSED:
             self._breaker_changed(self.breaker.state)
         self._cluster = isinstance(client, RedisCluster)
+        pool = None if isinstance(client, RedisCluster) else client.connection_pool
+        self._execute = pool.execute if isinstance(pool, BoundedConnectionPool) else None
+        """Our pool's direct command path, when the client has our pool (see `_mget`)."""
         backstop = _connect_timeout(deadline) + invalidation_deadline
         self._calls = CallRunner(client, backstop=backstop)
         self._durations: dict[str, HistogramTally] = {}
@@ -302,7 +306,7 @@ class RedisStore:
             self.metrics.store_failures.labels("lookup", "refused").inc()
             raise StoreWritesRefused("lookup: the store refuses writes")
         values = await self._call(
-            "lookup", lambda: self.client.mget([key, *generation_keys]), deadline=self.deadline
+            "lookup", lambda: self._mget([key, *generation_keys]), deadline=self.deadline
         )
         entry = values[0]
         return Lookup(
@@ -310,6 +314,13 @@ class RedisStore:
             tuple(map(generation, values[1:])),
             self._epoch(key),
         )
+
+    def _mget(self, keys: list[str]) -> Awaitable[list[Any]]:
+        """MGET of keys on one node (a Cluster's share a slot): straight on our pool's
+        connection when the client has our pool, else through the client."""
+        if self._execute is not None:
+            return self._execute("MGET", *keys)
+        return self.client.mget(keys)
 
     async def generations(self, generation_keys: Sequence[str]) -> tuple[int, ...]:
         """Create missing generations at a random start and read all, in one round trip."""
@@ -384,7 +395,9 @@ class RedisStore:
         if not keys:
             return []
         values = await self._call(
-            "get_many", lambda: commands.get_many(self.client, keys), deadline=self.deadline
+            "get_many",
+            lambda: commands.get_many(self.client, keys) if self._cluster else self._mget([*keys]),
+            deadline=self.deadline,
         )
         return [value if isinstance(value, bytes) else None for value in values]
 
