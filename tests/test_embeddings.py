@@ -31,6 +31,7 @@ from cachegate.embeddings import (
     EmbedderConfig,
     vector_key,
 )
+from cachegate.embeddings.accounting import Event, Tally
 from cachegate.embeddings.codec import compare
 from cachegate.embeddings.cohere import response
 from cachegate.keys import Normalization
@@ -743,3 +744,26 @@ def test_the_response_built_without_validation_equals_the_validated_one() -> Non
     assert reloaded == built
     assert built.meta is not None and built.meta.billed_units is not None
     assert built.meta.billed_units.input_tokens == 3.0
+
+
+def test_a_tally_rate_is_its_stats_rate_and_a_zero_count_changes_nothing() -> None:
+    """`_count_served` reads its rates with `per_unit`, not through a `stats` snapshot."""
+    metrics = metrics_for(None)
+    registry = metrics.registry
+    assert registry is not None
+    tally = Tally(metrics)
+    assert tally.per_unit(Event.BILLED_TOKENS, Event.TEXT_EMBEDDED) == 0.0
+    tally.count(Event.TEXT_EMBEDDED, 4)
+    tally.count(Event.BILLED_TOKENS, 10)
+    tally.count(Event.COHERE_CALL)
+    tally.count(Event.COHERE_CALL)
+    tally.count(Event.COHERE_SECONDS, 0.5)
+    tokens = tally.per_unit(Event.BILLED_TOKENS, Event.TEXT_EMBEDDED)
+    assert tokens == tally.stats.tokens_per_text == 2.5
+    seconds = tally.per_unit(Event.COHERE_SECONDS, Event.COHERE_CALL)
+    assert seconds == tally.stats.seconds_per_call == 0.25
+    tally.count(Event.HIT, 3)
+    tally.count(Event.HIT, 0)
+    assert tally.stats.hits == 3
+    hits = registry.get_sample_value("cachegate_cache_hits_total", {"cache_layer": "embedding"})
+    assert hits == 3

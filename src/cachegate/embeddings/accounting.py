@@ -132,11 +132,19 @@ class Tally:
         self._sizes = metrics.entry_size.labels(_LAYER)
 
     def count(self, event: Event, amount: float = 1) -> None:
-        """Add `amount` to `event`'s total and to its Prometheus series, if it has one."""
+        """Add `amount` to `event`'s total and to its Prometheus series, if it has one (a zero
+        adds nothing, and takes no series' lock)."""
+        if not amount:
+            return
         self._totals[event] += amount
         child = self._children.get(event)
         if child is not None:
             child.inc(amount)
+
+    def per_unit(self, total: Event, units: Event) -> float:
+        """`total` over `units` so far (0 before the first unit), without a `stats` snapshot."""
+        count = self._totals[units]
+        return self._totals[total] / count if count else 0.0
 
     def stored(self, sizes: Iterable[int]) -> None:
         """Observe the sizes of entries written (the `entry_size_bytes` histogram)."""

@@ -277,16 +277,18 @@ class Core:
         """Served lookups and the work they avoided (tokens and seconds as seen so far)."""
         size = self.config.batch_size
         avoided = math.ceil(len(call.unique) / size) - math.ceil(misses / size)
-        seen = self.tally.stats
+        tally = self.tally
+        tokens_per_text = tally.per_unit(Event.BILLED_TOKENS, Event.TEXT_EMBEDDED)
+        seconds_per_call = tally.per_unit(Event.COHERE_SECONDS, Event.COHERE_CALL)
         for event, amount in (
             (Event.HIT, hits),
             (Event.MISS, misses),
             (Event.CALL_AVOIDED, avoided),
-            (Event.TOKENS_AVOIDED, hits * seen.tokens_per_text),
+            (Event.TOKENS_AVOIDED, hits * tokens_per_text),
             (Event.COST_AVOIDED, avoided * self.config.cost_per_call),
-            (Event.SECONDS_AVOIDED, avoided * seen.seconds_per_call),
+            (Event.SECONDS_AVOIDED, avoided * seconds_per_call),
         ):
-            self.tally.count(event, amount)
+            tally.count(event, amount)
 
     def _compare(self, cached: dict[int, Vectors], fresh: _Fresh) -> None:
         """Compare each cached text with its fresh vectors; count each `Outcome` as L1 does."""
