@@ -69,13 +69,6 @@ def failed_incr(results: Sequence[Any], index: int) -> bool:
     return isinstance(results[index * 3 + 1], Exception)
 
 
-async def get_many(client: RedisClient, keys: Sequence[str]) -> list[Any]:
-    """MGET in order; on a Cluster split by slot and reassembled in order."""
-    if isinstance(client, RedisCluster):
-        return await client.mget_nonatomic(list(keys))
-    return await client.mget(list(keys))
-
-
 async def set_many(client: RedisClient, items: Sequence[tuple[str, bytes]], px: int) -> list[Any]:
     """SET each key with one TTL in milliseconds, in one pipeline."""
     pipe = client.pipeline(transaction=False)

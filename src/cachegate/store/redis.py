@@ -315,12 +315,15 @@ class RedisStore:
             self._epoch(key),
         )
 
-    def _mget(self, keys: list[str]) -> Awaitable[list[Any]]:
-        """MGET of keys on one node (a Cluster's share a slot): straight on our pool's
-        connection when the client has our pool, else through the client."""
+    def _mget(self, keys: list[str], *, one_slot: bool = True) -> Awaitable[list[Any]]:
+        """MGET of keys, in order: straight on our pool's connection when the client has our
+        pool, else through the client; on a Cluster split by slot unless they share one."""
         if self._execute is not None:
             return self._execute("MGET", *keys)
-        return self.client.mget(keys)
+        client = self.client
+        if isinstance(client, RedisCluster) and not one_slot:
+            return client.mget_nonatomic(keys)
+        return client.mget(keys)
 
     async def generations(self, generation_keys: Sequence[str]) -> tuple[int, ...]:
         """Create missing generations at a random start and read all, in one round trip."""
@@ -396,7 +399,7 @@ class RedisStore:
             return []
         values = await self._call(
             "get_many",
-            lambda: commands.get_many(self.client, keys) if self._cluster else self._mget([*keys]),
+            lambda: self._mget([*keys], one_slot=False),
             deadline=self.deadline,
         )
         return [value if isinstance(value, bytes) else None for value in values]
