@@ -15,7 +15,7 @@ import json
 import re
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, ClassVar
-from urllib.parse import parse_qsl
+from urllib.parse import unquote
 
 from cachegate.types import Headers
 from cachegate.vocabulary import BypassReason
@@ -48,6 +48,7 @@ class RequestView:
 
     __slots__ = (
         "_json",
+        "_query",
         "body",
         "headers",
         "method",
@@ -78,6 +79,7 @@ class RequestView:
         self.body = body
         self.scope: Mapping[str, Any] = {} if scope is None else scope
         self._json: Any = self._UNPARSED
+        self._query: dict[str, list[str]] | None = None
 
     @classmethod
     def of(
@@ -93,6 +95,7 @@ class RequestView:
         view.body = body
         view.scope = scope
         view._json = cls._UNPARSED
+        view._query = None
         return view
 
     def header(self, name: str) -> str | None:
@@ -114,15 +117,16 @@ class RequestView:
         return None if found is None else found.decode("latin-1")
 
     def query(self, name: str) -> str | None:
-        """Query parameter `name`; `Ambiguous` if it occurs more than once."""
-        values = [
-            value
-            for key, value in parse_qsl(self.query_string.decode("latin-1"), keep_blank_values=True)
-            if key == name
-        ]
+        """Query parameter `name`; `Ambiguous` if it occurs more than once. The query string is
+        parsed once per request, however many extractors read it."""
+        if self._query is None:
+            self._query = query_values(self.query_string.decode("latin-1"))
+        values = self._query.get(name)
+        if values is None:
+            return None
         if len(values) > 1:
             raise Ambiguous(values)
-        return values[0] if values else None
+        return values[0]
 
     def json(self) -> Any:
         """The body parsed as UTF-8 JSON, once; `BadRequest` if it is not JSON.
@@ -142,6 +146,23 @@ class RequestView:
             except (ValueError, RecursionError) as error:
                 raise BadRequest(BypassReason.INVALID_JSON) from error
         return self._json
+
+
+def query_values(query: str) -> dict[str, list[str]]:
+    """Each parameter's values, in order, as Starlette's `QueryParams` reads them (the standard
+    library's `parse_qsl` with blank values kept), with no unquoting where there is nothing to
+    unquote."""
+    values: dict[str, list[str]] = {}
+    for pair in query.split("&"):
+        if not pair:
+            continue
+        name, _, value = pair.partition("=")
+        if "%" in name or "+" in name:
+            name = unquote(name.replace("+", " "))
+        if "%" in value or "+" in value:
+            value = unquote(value.replace("+", " "))
+        values.setdefault(name, []).append(value)
+    return values
 
 
 def _json_content_type(value: str | None) -> bool:
