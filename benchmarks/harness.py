@@ -391,7 +391,7 @@ def machine(redis_url: str) -> dict[str, str]:
         "OS": f"{platform.system()} {platform.release()}",
         "Python": f"{platform.python_implementation()} {platform.python_version()}",
         "Redis server": redis_version(redis_url),
-        "redis-py": package_version("redis"),
+        "redis-py": package_version("redis") + f" (hiredis {package_version('hiredis')})",
         "load generator": wrk,
         "cachegate": package_version("cachegate"),
         "starlette": package_version("starlette"),

@@ -1,6 +1,7 @@
 """A store call cut by its deadline (or cancelled) on a private redis-server this module pauses
 (SIGSTOP): its connection is closed, never reused with a reply pending, and the bounded pool
-loses none of its connections."""
+loses none of its connections. Each test runs on both of redis-py's reply parsers: its own
+and hiredis's (`cachegate[hiredis]`), which redis-py picks whenever hiredis is installed."""
 
 from __future__ import annotations
 
@@ -10,6 +11,9 @@ from collections.abc import AsyncIterator
 import pytest
 import redis
 import redis.asyncio
+from redis._parsers import BaseParser, _AsyncHiredisParser, _AsyncRESP3Parser
+from redis.utils import HIREDIS_AVAILABLE
+from support.components import missing
 from support.redis_server import RedisServer
 
 from cachegate.breaker import CircuitBreaker
@@ -17,6 +21,19 @@ from cachegate.store import RedisStore, StoreTimeout
 from cachegate.store.pool import BoundedConnectionPool
 
 pytestmark = [pytest.mark.anyio, pytest.mark.slow]
+
+
+PARSERS: dict[str, type[BaseParser]] = {
+    "python": _AsyncRESP3Parser,
+    "hiredis": _AsyncHiredisParser,
+}
+
+
+@pytest.fixture(params=sorted(PARSERS))
+def parser(request: pytest.FixtureRequest) -> type[BaseParser]:
+    if request.param == "hiredis" and not HIREDIS_AVAILABLE:
+        missing("hiredis (`pip install cachegate[hiredis]`)")
+    return PARSERS[request.param]
 
 
 @pytest.fixture
@@ -30,21 +47,23 @@ def server(spawned_redis: RedisServer) -> RedisServer:
     return spawned_redis
 
 
-def quiet_store(server: RedisServer, connections: int) -> RedisStore:
-    """A 50 ms deadline, no write probe, a breaker that stays closed."""
-    return RedisStore.from_url(
+def quiet_store(server: RedisServer, connections: int, parser: type[BaseParser]) -> RedisStore:
+    """A 50 ms deadline, no write probe, a breaker that stays closed; replies read by `parser`."""
+    store = RedisStore.from_url(
         server.url,
         deadline=0.05,
         max_connections=connections,
         probe_interval=3600,
         breaker=CircuitBreaker(failure_threshold=1000),
     )
+    pool_of(store).connection_kwargs["parser_class"] = parser
+    return store
 
 
 @pytest.fixture
-async def store(server: RedisServer) -> AsyncIterator[RedisStore]:
+async def store(server: RedisServer, parser: type[BaseParser]) -> AsyncIterator[RedisStore]:
     """One connection, so a connection left dirty would be the next call's."""
-    store = quiet_store(server, 1)
+    store = quiet_store(server, 1, parser)
     yield store
     server.resume()
     await store.aclose()
@@ -64,6 +83,14 @@ def store_connections(server: RedisServer) -> int:
         return int(admin.info("clients")["connected_clients"]) - 1
     finally:
         admin.close()
+
+
+async def test_the_connections_read_with_the_parser_under_test(
+    store: RedisStore, parser: type[BaseParser]
+) -> None:
+    assert await store.get_many(["a", "b", "missing"]) == [b"A", b"B", None]
+    (connection,) = pool_of(store)._available_connections
+    assert type(connection._parser) is parser
 
 
 async def test_a_call_past_its_deadline_leaves_no_connection_that_answers_another_command(
@@ -132,9 +159,9 @@ async def test_a_cancelled_call_is_not_a_timeout_and_closes_its_connection(
 
 
 async def test_calls_cut_by_their_deadline_give_every_connection_back(
-    server: RedisServer,
+    server: RedisServer, parser: type[BaseParser]
 ) -> None:
-    store = quiet_store(server, 3)
+    store = quiet_store(server, 3, parser)
     try:
         await asyncio.gather(*(store.get_many(["a"]) for _ in range(10)))
         server.pause()
@@ -155,10 +182,12 @@ async def test_calls_cut_by_their_deadline_give_every_connection_back(
         await store.aclose()
 
 
-async def test_a_call_left_in_the_background_ends_at_its_backstop(server: RedisServer) -> None:
+async def test_a_call_left_in_the_background_ends_at_its_backstop(
+    server: RedisServer, parser: type[BaseParser]
+) -> None:
     """The client has no socket timeout: a call opening a connection to a server that never
     answers is cut by the runner's backstop, so it cannot hold its connection forever."""
-    store = quiet_store(server, 1)
+    store = quiet_store(server, 1, parser)
     store._calls.backstop = 0.5
     try:
         server.pause()
