@@ -10,7 +10,9 @@ dispatched (CacheGate uses neither).
 
 `execute` runs one command on a pooled connection without the client's layers (retries, the
 HIMPORT check, observability hooks, response callbacks), which cost about 50k instructions a
-call, 9% of a Redis hit; the store's single-node reads go through it.
+call, 9% of a Redis hit; the store's single-node reads go through it. Its arguments are strings
+and bytes only, packed by `pack` in one pass (redis-py's `pack_command` checks each argument's
+type through its encoder: 55 µs for an L2 read's 97 arguments, against 14 µs).
 """
 
 from __future__ import annotations
@@ -19,8 +21,20 @@ import asyncio
 from collections import deque
 from typing import Any
 
+from redis._parsers import Encoder
 from redis.asyncio import ConnectionPool
 from redis.asyncio.connection import AbstractConnection
+
+
+def pack(args: tuple[str | bytes, ...], encoder: Encoder) -> bytes:
+    """A command as a RESP array of bulk strings, strings encoded as `encoder` encodes them:
+    the bytes redis-py's `pack_command` sends for the same arguments."""
+    encoding, errors = encoder.encoding, encoder.encoding_errors
+    parts = [b"*%d\r\n" % len(args)]
+    for arg in args:
+        data = arg.encode(encoding, errors) if isinstance(arg, str) else arg
+        parts.append(b"$%d\r\n%b\r\n" % (len(data), data))
+    return b"".join(parts)
 
 
 class BoundedConnectionPool(ConnectionPool):
@@ -56,7 +70,7 @@ class BoundedConnectionPool(ConnectionPool):
             raise
         return connection
 
-    async def execute(self, *args: Any) -> Any:
+    async def execute(self, *args: str | bytes) -> Any:
         """One command's reply, as `Redis.execute_command` returns it with retries off and no
         response callback (MGET and GET have none).
 
@@ -65,7 +79,7 @@ class BoundedConnectionPool(ConnectionPool):
         """
         connection = await self.get_connection()
         try:
-            await connection.send_packed_command(connection.pack_command(*args))
+            await connection.send_packed_command(pack(args, connection.encoder))
             return await connection.read_response()
         finally:
             self._give_back(connection)
