@@ -131,20 +131,20 @@ VALID = encode_vector([0.25, -0.5, 1.0], DType.FLOAT32)
 
 
 @pytest.mark.parametrize(
-    "data",
+    ("data", "reason"),
     [
-        b"",
-        b"CGV",
-        VALID[: HEADER_SIZE - 1],
-        VALID[:-1],
-        VALID + b"\x00",
-        b"[0.25, -0.5, 1.0]",
-        b"X" + VALID[1:],
-        VALID[:3] + bytes([FORMAT_VERSION + 1]) + VALID[4:],
-        VALID[:4] + bytes([99]) + VALID[5:],
-        VALID[:5] + b"\x01" + VALID[6:],
-        VALID[:-1] + bytes([VALID[-1] ^ 0x01]),
-        VALID[:6] + struct.pack("<I", 4) + VALID[10:],
+        (b"", "truncated header"),
+        (b"CGV", "truncated header"),
+        (VALID[: HEADER_SIZE - 1], "truncated header"),
+        (VALID[:-1], "payload of"),
+        (VALID + b"\x00", "payload of"),
+        (b"[0.25, -0.5, 1.0]", "not a CacheGate vector"),
+        (b"X" + VALID[1:], "not a CacheGate vector"),
+        (VALID[:3] + bytes([FORMAT_VERSION + 1]) + VALID[4:], "format version"),
+        (VALID[:4] + bytes([99]) + VALID[5:], "unknown dtype 99"),
+        (VALID[:5] + b"\x01" + VALID[6:], "reserved byte"),
+        (VALID[:-1] + bytes([VALID[-1] ^ 0x01]), "checksum"),
+        (VALID[:6] + struct.pack("<I", 4) + VALID[10:], "payload of"),
     ],
     ids=[
         "empty",
@@ -161,8 +161,9 @@ VALID = encode_vector([0.25, -0.5, 1.0], DType.FLOAT32)
         "wrong-count",
     ],
 )
-def test_anything_but_a_vector_is_corrupt(data: bytes) -> None:
-    with pytest.raises(CorruptVector):
+def test_anything_but_a_vector_is_corrupt(data: bytes, reason: str) -> None:
+    """Refused, and the reason names what is wrong (the header is checked in one lookup)."""
+    with pytest.raises(CorruptVector, match=reason):
         decode_vector(data)
 
 

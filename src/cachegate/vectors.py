@@ -20,8 +20,8 @@ import sys
 import zlib
 from array import array
 from collections.abc import Sequence
-from dataclasses import dataclass
 from enum import IntEnum
+from typing import NamedTuple
 
 MAGIC = b"CGV"
 FORMAT_VERSION = 1
@@ -70,8 +70,11 @@ _ITEMSIZE = {
     DType.BINARY: 1,
     DType.UBINARY: 1,
 }
-_DTYPES = {dtype.value: dtype for dtype in DType}
-"""The header byte's dtype (a dict lookup: `DType(code)` costs more than the CRC on a hit)."""
+_PREFIXES = {MAGIC + bytes((FORMAT_VERSION, dtype, 0)): dtype for dtype in DType}
+"""The six bytes a valid header starts with, by dtype: one lookup checks magic, version,
+dtype and the reserved byte."""
+_SIZES = struct.Struct("<II")
+"""Element count and CRC-32, after the prefix."""
 _ARRAY_CODE = {
     DType.FLOAT32: "f",
     DType.INT8: "b",
@@ -81,8 +84,7 @@ _ARRAY_CODE = {
 }
 
 
-@dataclass(frozen=True, slots=True)
-class Vector:
+class Vector(NamedTuple):
     """A decoded vector: its stored dtype and its elements (floats or ints)."""
 
     dtype: DType
@@ -102,24 +104,30 @@ def encode_vector(values: Sequence[float] | Sequence[int], dtype: DType) -> byte
 
 def decode_vector(data: bytes) -> Vector:
     """Unpack a stored vector; raise `CorruptVector` if it is not one of this format version."""
-    if len(data) < HEADER_SIZE:
-        raise CorruptVector("truncated header")
-    magic, version, code, reserved, count, crc = _HEAD.unpack_from(data, 0)
-    if magic != MAGIC:
-        raise CorruptVector("not a CacheGate vector")
-    if version != FORMAT_VERSION:
-        raise CorruptVector(f"vector format version {version}, expected {FORMAT_VERSION}")
-    dtype = _DTYPES.get(code)
-    if dtype is None:
-        raise CorruptVector(f"unknown dtype {code}")
-    if reserved != 0:
-        raise CorruptVector("reserved byte set")
+    dtype = _PREFIXES.get(data[:6])
+    if dtype is None or len(data) < HEADER_SIZE:
+        raise _header_fault(data)
+    count, crc = _SIZES.unpack_from(data, 6)
     payload = memoryview(data)[HEADER_SIZE:]
     if len(payload) != count * _ITEMSIZE[dtype]:
         raise CorruptVector(f"payload of {len(payload)} bytes for {count} x {dtype.name}")
     if zlib.crc32(payload) != crc:
         raise CorruptVector("checksum mismatch")
     return Vector(dtype, _unpack(payload, dtype, count))
+
+
+def _header_fault(data: bytes) -> CorruptVector:
+    """What is wrong with a header that does not start as a valid one does."""
+    if len(data) < HEADER_SIZE:
+        return CorruptVector("truncated header")
+    magic, version, code = _HEAD.unpack_from(data, 0)[:3]
+    if magic != MAGIC:
+        return CorruptVector("not a CacheGate vector")
+    if version != FORMAT_VERSION:
+        return CorruptVector(f"vector format version {version}, expected {FORMAT_VERSION}")
+    if code not in {dtype.value for dtype in DType}:
+        return CorruptVector(f"unknown dtype {code}")
+    return CorruptVector("reserved byte set")
 
 
 def _pack(values: Sequence[float] | Sequence[int], dtype: DType) -> bytes:
