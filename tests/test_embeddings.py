@@ -34,7 +34,8 @@ from cachegate.embeddings import (
 from cachegate.embeddings.accounting import Event, Tally
 from cachegate.embeddings.codec import compare
 from cachegate.embeddings.cohere import response
-from cachegate.keys import Normalization
+from cachegate.embeddings.plan import key_builders
+from cachegate.keys import Normalization, normalize_text
 from cachegate.rollout import Decision, Mode, using_decision
 from cachegate.store import MemoryStore, RedisStore, Store
 from cachegate.vectors import (
@@ -568,6 +569,44 @@ def test_keys_differ_when_any_keyed_parameter_differs(
     assert same_key == (meaning(one) == meaning(other))
     assert vector_key("ns", **one) != vector_key("ns2", **one)
     assert "x" not in vector_key("ns", **one).split(":", 1)[1]
+
+
+@given(st.lists(key_params, min_size=1, max_size=6))
+def test_a_calls_keys_are_its_texts_vector_keys(calls: list[dict[str, Any]]) -> None:
+    """Key builders are made once per model, options and tenant and reused by later calls:
+    every call still keys its text exactly as `vector_key` does."""
+    for params in calls:
+        options = {name: params[name] for name in ("model", "input_type", "truncate")}
+        kwargs = {**options, "output_dimension": params["output_dimension"]}
+        if params["max_tokens"] is not None:
+            kwargs["max_tokens"] = params["max_tokens"]
+        (builder,) = key_builders(
+            kwargs,
+            (params["embedding_type"],),
+            namespace="ns",
+            tenant=params["tenant"],
+            normalization=params["normalization"],
+            secret=None,
+        )
+        text = normalize_text(params["text"], params["normalization"])
+        assert builder.keys([text]) == [vector_key("ns", **params)]
+
+
+def test_an_option_equal_to_another_of_another_type_keys_apart() -> None:
+    """`True == 1` in Python: the reused builders tell them apart as the keys do."""
+    kwargs: dict[str, Any] = {"model": MODEL, "input_type": QUERY}
+    ones = [
+        key_builders(
+            {**kwargs, "output_dimension": value},
+            ("float",),
+            namespace="ns",
+            tenant="t",
+            normalization=Normalization.EXACT,
+            secret=None,
+        )[0].key("x")
+        for value in (1, True)
+    ]
+    assert ones[0] != ones[1]
 
 
 @pytest.fixture(params=["memory", "redis"])

@@ -98,6 +98,12 @@ def canonical_json(value: object) -> bytes:
 MIN_SECRET_BYTES = 16
 
 
+def encode_text(text: str) -> bytes:
+    """`encode_parts((text,))` for one text, without the loop (a key per text of a batch)."""
+    data = text.encode("utf-8", "surrogatepass")
+    return _LENGTH(len(data)) + data
+
+
 def encode_parts(parts: Iterable[bytes | str]) -> bytes:
     """Length-prefixed parts, so no two part lists encode alike.
 

@@ -10,7 +10,14 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import TypedDict, Unpack
 
-from cachegate.keys import KEY_SCHEMA_VERSION, KeySpace, Normalization, encode_parts, normalize_text
+from cachegate.keys import (
+    KEY_SCHEMA_VERSION,
+    KeySpace,
+    Normalization,
+    encode_parts,
+    encode_text,
+    normalize_text,
+)
 
 PROVIDER = "cohere"
 
@@ -74,7 +81,7 @@ class VectorKeys:
     def keys(self, normalized_texts: Iterable[str]) -> list[str]:
         """The keys of texts already normalised with `self.normalization`, in order."""
         prefix, head, digest = self._prefix, self._head, self._keyspace.digest_bytes
-        return [prefix + digest(head + encode_parts((text,))) for text in normalized_texts]
+        return [prefix + digest(head + encode_text(text)) for text in normalized_texts]
 
 
 def vector_key(

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any, Required, TypedDict
 
 from cachegate.embeddings.codec import CACHEABLE_TYPES
@@ -110,6 +111,21 @@ def plan(
     dimension = kwargs.get("output_dimension")
     normalization = keys[0].normalization if keys else Normalization.EXACT
     normalizing = normalization is not Normalization.EXACT
+    if not normalizing and len(set(texts)) == len(texts):  # the usual call: no repeats
+        positions, unique, identities = list(range(len(texts))), texts, texts
+    else:
+        positions, unique, identities = _distinct(texts, normalization)
+    columns = [builder.keys(identities) for builder in keys or ()]
+    keyed = [list(row) for row in zip(*columns, strict=True)]
+    output_dimension = dimension if isinstance(dimension, int) else None
+    return Call(texts, types, options, positions, unique, keyed, output_dimension)
+
+
+def _distinct(
+    texts: list[str], normalization: Normalization
+) -> tuple[list[int], list[str], list[str]]:
+    """Each text's slot, the distinct texts (first originals) and their normalised forms."""
+    normalizing = normalization is not Normalization.EXACT
     index: dict[str, int] = {}
     positions: list[int] = []
     unique: list[str] = []
@@ -122,10 +138,7 @@ def plan(
             unique.append(text)
             identities.append(identity)
         positions.append(slot)
-    columns = [builder.keys(identities) for builder in keys or ()]
-    keyed = [list(row) for row in zip(*columns, strict=True)]
-    output_dimension = dimension if isinstance(dimension, int) else None
-    return Call(texts, types, options, positions, unique, keyed, output_dimension)
+    return positions, unique, identities
 
 
 def key_builders(
@@ -140,17 +153,45 @@ def key_builders(
     """One key builder per embedding type for a call's model and options."""
     dimension = kwargs.get("output_dimension")
     return [
-        VectorKeys(
+        _builder(
             namespace,
-            model=kwargs["model"],
-            input_type=kwargs["input_type"],
-            embedding_type=kind,
-            tenant=tenant,
-            output_dimension=dimension if isinstance(dimension, int) else None,
-            truncate=kwargs.get("truncate"),
-            max_tokens=kwargs.get("max_tokens"),
-            normalization=normalization,
-            secret=secret,
+            kwargs["model"],
+            kwargs["input_type"],
+            kind,
+            tenant,
+            dimension if isinstance(dimension, int) else None,
+            kwargs.get("truncate"),
+            kwargs.get("max_tokens"),
+            normalization,
+            secret,
         )
         for kind in types
     ]
+
+
+@lru_cache(maxsize=1024, typed=True)  # typed: `True` and `1` are different options
+def _builder(
+    namespace: str,
+    model: str,
+    input_type: str,
+    kind: str,
+    tenant: str | None,
+    dimension: int | None,
+    truncate: str | None,
+    max_tokens: int | None,
+    normalization: Normalization,
+    secret: bytes | None,
+) -> VectorKeys:
+    """A key builder, made once per model, options and tenant (its parts are encoded once)."""
+    return VectorKeys(
+        namespace,
+        model=model,
+        input_type=input_type,
+        embedding_type=kind,
+        tenant=tenant,
+        output_dimension=dimension,
+        truncate=truncate,
+        max_tokens=max_tokens,
+        normalization=normalization,
+        secret=secret,
+    )
