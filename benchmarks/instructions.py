@@ -5,12 +5,15 @@ the number of instructions a request executes does not: `valgrind --tool=callgri
 same total for the same binary and inputs whatever else the machine does. Each in-process app
 (the bare app, the middleware on a route without a policy, the body replay, every flag off, the
 least a bypass can do, a MemoryStore hit; the one-GET floor and a Redis hit, on a private
-redis-server) serves `SHORT` and then `LONG` requests after a warm-up, each in its own process
-under callgrind; the difference of the two totals over `LONG - SHORT` requests is one request's
-instructions, start-up cancelled out. Only the benchmark process is counted: not redis-server,
-not the kernel. The Redis rows alone move with the load: while a request waits for Redis, the
-event loop of a busy machine wakes more often for nothing (up to 5% more instructions seen
-while the suite ran beside it), so take them on a quiet machine.
+redis-server, with hiredis and with redis-py's own reply parser; the FastAPI GET endpoint behind
+CacheGate and behind fastapi-cache2) serves `SHORT` and then `LONG` requests after a warm-up,
+each in its own process under callgrind; the difference of the two totals over `LONG - SHORT`
+requests is one request's instructions, start-up cancelled out. Only the benchmark process is
+counted: not redis-server, not the kernel, not an HTTP server (over uvicorn each request also
+costs the server's own work, the same for every app: see the bench's CPU per request). The
+Redis rows alone move with the load: while a request waits for Redis, the event loop of a busy
+machine wakes more often for nothing (up to 5% more instructions seen while the suite ran beside
+it), so take them on a quiet machine.
 
 Instructions are not time (a cache miss or a syscall costs more than its instructions), so the
 ratios here stand beside the bench's, not for them: they say how much more work a path does,
@@ -42,7 +45,12 @@ BOUND = {**LIMITS, "least_bypass": LIMITS["flags_off"]}
 """Each app's limit against its baseline, where its row has one (the least bypass is held to
 the flags-off row's limit: it is that row's floor)."""
 REDIS_APPS = ("floor_post", "hit_redis")
-"""Against the one-GET floor."""
+"""Against the one-GET floor; counted with hiredis and again with redis-py's own parser."""
+GET_APPS = ("floor_get", "fastapi_cachegate_get", "fastapi_cache2_get")
+"""The HTTP-cache peer's endpoint, against the GET floor."""
+PARSERS = ("hiredis", "python")
+"""redis-py parses replies with hiredis when it is installed (the bench's environment has it);
+`python` hides it from the counted process, as if it were not installed."""
 NO_REDIS = "redis://127.0.0.1:1/0"
 """None of `APPS` connects to Redis; a port nothing listens on makes sure of it."""
 NAMESPACE = "cginstructions"
@@ -63,15 +71,21 @@ async def serve(name: str, count: int, redis_url: str) -> None:
         await built.aclose()
 
 
-def instructions(name: str, count: int, redis_url: str) -> int:
+_WITHOUT_HIREDIS = (  # `import hiredis` fails, so redis-py picks its own parser
+    "import runpy, sys; sys.modules['hiredis'] = None; "
+    "runpy.run_module('benchmarks.instructions', run_name='__main__')"
+)
+
+
+def instructions(name: str, count: int, redis_url: str, parser: str = "hiredis") -> int:
     """callgrind's total for a process that serves `count` requests of app `name`."""
+    start = ["-m", "benchmarks.instructions"] if parser == "hiredis" else ["-c", _WITHOUT_HIREDIS]
     command = [
         "valgrind",
         "--tool=callgrind",
         "--callgrind-out-file=/dev/null",
         sys.executable,
-        "-m",
-        "benchmarks.instructions",
+        *start,
         "--serve",
         name,
         str(count),
@@ -85,8 +99,9 @@ def instructions(name: str, count: int, redis_url: str) -> int:
     return int(found.group(1))
 
 
-def per_request(name: str, redis_url: str = NO_REDIS) -> float:
-    long, short = instructions(name, LONG, redis_url), instructions(name, SHORT, redis_url)
+def per_request(name: str, redis_url: str = NO_REDIS, parser: str = "hiredis") -> float:
+    long = instructions(name, LONG, redis_url, parser)
+    short = instructions(name, SHORT, redis_url, parser)
     return (long - short) / (LONG - SHORT)
 
 
@@ -102,12 +117,19 @@ def _rows(counts: dict[str, float], base: str) -> list[list[str]]:
 
 def report() -> str:
     counts: dict[str, float] = {}
+    parsed: dict[str, float] = {}
     with RedisServer() as server:
-        for name in (*APPS, *REDIS_APPS):
-            counts[name] = per_request(name, server.url if name in REDIS_APPS else NO_REDIS)
+        for name in (*APPS, *REDIS_APPS, *GET_APPS):
+            counts[name] = per_request(name, NO_REDIS if name in APPS else server.url)
             print(f"[instructions] {name}: {counts[name]:,.0f}", file=sys.stderr, flush=True)
+        for name in REDIS_APPS:
+            parsed[name] = per_request(name, server.url, "python")
+            print(f"[instructions] {name}, no hiredis: {parsed[name]:,.0f}", file=sys.stderr)
     local = _rows({name: counts[name] for name in APPS}, "bare")
     redis = _rows({name: counts[name] for name in REDIS_APPS}, "floor_post")
+    python_parser = _rows(parsed, "floor_post")
+    peer = _rows({name: counts[name] for name in GET_APPS}, "floor_get")
+    cache2 = counts["fastapi_cache2_get"] / counts["fastapi_cachegate_get"]
     python = sys.version.split()[0]
     return (
         "# Instructions per request (callgrind)\n\n"
@@ -119,8 +141,16 @@ def report() -> str:
         "rows only on a quiet machine (a busy one's event loop wakes more often while it "
         "waits). Not time: see `benchmarks/instructions.py`.\n\n"
         + "\n".join(table(["variant", "instructions", "ratio vs bare", "target"], local))
-        + "\n\nOn a private redis-server (its own work, and the kernel's, not counted):\n\n"
+        + "\n\nOn a private redis-server (its own work, and the kernel's, not counted), replies "
+        "parsed by hiredis:\n\n"
         + "\n".join(table(["variant", "instructions", "ratio vs floor", "target"], redis))
+        + "\n\nThe same without hiredis (redis-py's own parser, which reads each reply line "
+        "in Python: a lookup's MGET of three keys has four):\n\n"
+        + "\n".join(table(["variant", "instructions", "ratio vs floor", "target"], python_parser))
+        + "\n\nThe HTTP-cache peer's FastAPI GET endpoint (the HTTP server's own work, the same "
+        "for every app, not counted): fastapi-cache2's hit executes "
+        f"{cache2:.2f}x CacheGate's.\n\n"
+        + "\n".join(table(["variant", "instructions", "ratio vs GET floor", "target"], peer))
         + "\n"
     )
 
