@@ -48,9 +48,6 @@ REDIS_APPS = ("floor_post", "hit_redis")
 """Against the one-GET floor; counted with hiredis and again with redis-py's own parser."""
 GET_APPS = ("floor_get", "fastapi_cachegate_get", "fastapi_cache2_get")
 """The HTTP-cache peer's endpoint, against the GET floor."""
-PARSERS = ("hiredis", "python")
-"""redis-py parses replies with hiredis when it is installed (the bench's environment has it);
-`python` hides it from the counted process, as if it were not installed."""
 NO_REDIS = "redis://127.0.0.1:1/0"
 """None of `APPS` connects to Redis; a port nothing listens on makes sure of it."""
 NAMESPACE = "cginstructions"
@@ -78,7 +75,9 @@ _WITHOUT_HIREDIS = (  # `import hiredis` fails, so redis-py picks its own parser
 
 
 def instructions(name: str, count: int, redis_url: str, parser: str = "hiredis") -> int:
-    """callgrind's total for a process that serves `count` requests of app `name`."""
+    """callgrind's total for a process that serves `count` requests of app `name`; its replies
+    parsed by hiredis (installed in the bench's environment), or with `parser="python"` by
+    redis-py's own parser, hiredis hidden from the process as if it were not installed."""
     start = ["-m", "benchmarks.instructions"] if parser == "hiredis" else ["-c", _WITHOUT_HIREDIS]
     command = [
         "valgrind",

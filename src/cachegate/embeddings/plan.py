@@ -110,8 +110,7 @@ def plan(
     options = {name: value for name, value in kwargs.items() if name != "texts"}
     dimension = kwargs.get("output_dimension")
     normalization = keys[0].normalization if keys else Normalization.EXACT
-    normalizing = normalization is not Normalization.EXACT
-    if not normalizing and len(set(texts)) == len(texts):  # the usual call: no repeats
+    if normalization is Normalization.EXACT and len(set(texts)) == len(texts):  # no repeats
         positions, unique, identities = list(range(len(texts))), texts, texts
     else:
         positions, unique, identities = _distinct(texts, normalization)
@@ -153,45 +152,22 @@ def key_builders(
     """One key builder per embedding type for a call's model and options."""
     dimension = kwargs.get("output_dimension")
     return [
-        _builder(
+        _key_builder(
             namespace,
-            kwargs["model"],
-            kwargs["input_type"],
-            kind,
-            tenant,
-            dimension if isinstance(dimension, int) else None,
-            kwargs.get("truncate"),
-            kwargs.get("max_tokens"),
-            normalization,
-            secret,
+            model=kwargs["model"],
+            input_type=kwargs["input_type"],
+            embedding_type=kind,
+            tenant=tenant,
+            output_dimension=dimension if isinstance(dimension, int) else None,
+            truncate=kwargs.get("truncate"),
+            max_tokens=kwargs.get("max_tokens"),
+            normalization=normalization,
+            secret=secret,
         )
         for kind in types
     ]
 
 
-@lru_cache(maxsize=1024, typed=True)  # typed: `True` and `1` are different options
-def _builder(
-    namespace: str,
-    model: str,
-    input_type: str,
-    kind: str,
-    tenant: str | None,
-    dimension: int | None,
-    truncate: str | None,
-    max_tokens: int | None,
-    normalization: Normalization,
-    secret: bytes | None,
-) -> VectorKeys:
-    """A key builder, made once per model, options and tenant (its parts are encoded once)."""
-    return VectorKeys(
-        namespace,
-        model=model,
-        input_type=input_type,
-        embedding_type=kind,
-        tenant=tenant,
-        output_dimension=dimension,
-        truncate=truncate,
-        max_tokens=max_tokens,
-        normalization=normalization,
-        secret=secret,
-    )
+_key_builder = lru_cache(maxsize=1024, typed=True)(VectorKeys)
+"""`VectorKeys`, made once per model, options and tenant (its parts are encoded once); typed,
+as `True` and `1` are different options."""
