@@ -14,6 +14,7 @@ import inspect
 import json
 import re
 from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, ClassVar
 from urllib.parse import unquote
 
@@ -332,6 +333,35 @@ def reads_body(extractor: Extractor) -> bool:
     """Whether `extractor` may read the request body. Only the helpers that never do say no,
     so a request whose layer is off is passed on without its body being read first."""
     return bool(getattr(extractor, "reads_body", True))
+
+
+@dataclass(frozen=True, slots=True)
+class Reads:
+    """What an extractor reads of a request besides its method and path parameters: the query
+    string (`query`) and the headers named in `headers` (lowercased Latin-1)."""
+
+    query: bool = False
+    headers: tuple[bytes, ...] = ()
+
+    def __or__(self, other: Reads) -> Reads:
+        headers = self.headers + tuple(h for h in other.headers if h not in self.headers)
+        return Reads(self.query or other.query, headers)
+
+
+def request_reads(extractor: Extractor) -> Reads | None:
+    """What `extractor` reads of a request, when it is a helper that reads only the query
+    string, headers or path parameters (through `as_int` too); None for anything else (the
+    body, the scope, your own function, a subclass), which may read anything."""
+    kind = type(extractor)
+    if kind is _Query:
+        return Reads(query=True)
+    if kind is _PathParam:
+        return Reads()
+    if isinstance(extractor, _Header | _TrustedHeader) and kind in (_Header, _TrustedHeader):
+        return Reads(headers=(extractor._raw,))
+    if isinstance(extractor, _AsInt) and kind is _AsInt:
+        return request_reads(extractor.extractor)
+    return None
 
 
 def field_at(document: object, parts: Sequence[str]) -> object:
