@@ -4,11 +4,12 @@ tenant is in the body), and `CacheGate.keys_for` names the keys the middleware u
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from typing import Any
 
 import pytest
 from prometheus_client import CollectorRegistry
-from support.asgi import Message, drive
+from support.asgi import Message, drive, http_scope
 
 from cachegate import (
     CacheGate,
@@ -22,6 +23,7 @@ from cachegate import (
     authenticated,
     body_field,
     path_param,
+    query_param,
     trusted_header,
 )
 from cachegate.extractors import BadRequest, reads_body
@@ -154,3 +156,97 @@ def test_keys_for_says_why_a_request_has_no_keys() -> None:
     with pytest.raises(BadRequest) as not_json:
         cache.keys_for("POST", "/q", headers=[(b"x-tenant", b"t")], body=b"{")
     assert not_json.value.reason is BypassReason.INVALID_JSON
+
+
+class Counted:
+    """A `receive` that counts its calls: the server's messages, then a disconnect."""
+
+    def __init__(self, chunks: list[bytes]) -> None:
+        self.calls = 0
+        self.pending: list[Message] = [
+            {"type": "http.request", "body": chunk, "more_body": index < len(chunks) - 1}
+            for index, chunk in enumerate(chunks)
+        ]
+
+    async def __call__(self) -> Message:
+        self.calls += 1
+        return self.pending.pop(0) if self.pending else {"type": "http.disconnect"}
+
+
+def _guard(request: Any) -> bool:
+    return True
+
+
+GET_POLICY = Policy(
+    "/q",
+    tenant=trusted_header("x-tenant"),
+    key={"q": query_param("q")},
+    methods=frozenset({"GET"}),
+    rerun_safe=True,
+)
+
+
+async def _hit_reads(
+    policy: Policy, headers: list[tuple[bytes, bytes]], chunks: list[bytes], version: str
+) -> tuple[int, int]:
+    """How often the middleware called `receive` on a miss and on the hit after it."""
+    app = BodyFirstApp()
+    middleware = CacheGateMiddleware(app, gate(policy, StaticRollout(Decision(Mode.SERVE))))
+    calls = []
+    for expected in ("miss", "hit"):
+        receive = Counted(chunks)
+        scope = http_scope("GET", "/q", [(b"x-tenant", b"t1"), *headers], b"q=a")
+        scope |= {"http_version": version, "test.receive_calls": [0]}
+        exchange = await drive(middleware, scope=scope, receive=receive)
+        assert exchange.cachegate == expected
+        calls.append(receive.calls)
+    return calls[0], calls[1]
+
+
+@pytest.mark.parametrize("version", ["1.1", "1.0"])
+@pytest.mark.parametrize("headers", [[], [(b"content-length", b"0")]])
+async def test_a_request_that_declares_no_body_is_served_without_reading_it(
+    version: str, headers: list[tuple[bytes, bytes]]
+) -> None:
+    on_miss, on_hit = await _hit_reads(GET_POLICY, headers, [b""], version)
+    assert on_hit == 0
+    assert on_miss == 1  # the app read the server's own message
+
+
+@pytest.mark.parametrize(
+    ("policy", "headers", "chunks", "version"),
+    [
+        (GET_POLICY, [(b"content-length", b"2")], [b"{}"], "1.1"),
+        (GET_POLICY, [(b"transfer-encoding", b"chunked")], [b"{", b"}"], "1.1"),
+        (GET_POLICY, [], [b""], "2"),
+        (replace(GET_POLICY, guard=_guard), [], [b""], "1.1"),
+        (replace(GET_POLICY, key={"q": body_field("q")}), [], [b'{"q": "a"}'], "1.1"),
+    ],
+    ids=["content-length", "chunked", "http2", "guard", "body-key"],
+)
+async def test_a_body_that_may_matter_is_read_before_a_hit(
+    policy: Policy, headers: list[tuple[bytes, bytes]], chunks: list[bytes], version: str
+) -> None:
+    _, on_hit = await _hit_reads(policy, headers, chunks, version)
+    assert on_hit == len(chunks)
+
+
+async def test_a_verify_rerun_of_an_unread_body_gets_the_empty_body() -> None:
+    reruns: list[list[Message]] = []
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        messages = [await receive()]
+        reruns.append(messages)
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"answer"})
+
+    verify = StaticRollout(Decision(Mode.SERVE, verify=True))
+    cache = gate(GET_POLICY, verify)
+    middleware = CacheGateMiddleware(app, cache)
+    for expected in ("miss", "hit"):
+        scope = http_scope("GET", "/q", [(b"x-tenant", b"t1")], b"q=a")
+        exchange = await drive(middleware, scope=scope, receive=Counted([b""]))
+        assert exchange.cachegate == expected
+    await cache.drain()  # the background verification
+    await cache.aclose()
+    assert reruns == [[{"type": "http.request", "body": b"", "more_body": False}]] * 2

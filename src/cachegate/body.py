@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass
 
-from cachegate.types import Message, Receive
+from cachegate.types import Message, Receive, Scope
 
 
 @dataclass(slots=True)
@@ -62,3 +62,20 @@ async def read_body(receive: Receive, max_bytes: int) -> RequestBody:
             return RequestBody(messages, complete=False, too_large=True)
         if not message.get("more_body", False):
             return RequestBody(messages, complete=True, too_large=False)
+
+
+def declares_no_body(scope: Scope) -> bool:
+    """Whether an HTTP/1 request says it has no body: no `Transfer-Encoding`, and no
+    `Content-Length` but 0. Its body is then empty (RFC 9112, 6.3), known without reading it.
+    Any other version may send a body without saying so (HTTP/2 data frames)."""
+    if scope.get("http_version") not in ("1.1", "1.0"):
+        return False
+    for name, value in scope.get("headers", ()):
+        if name == b"transfer-encoding" or (name == b"content-length" and value.strip() != b"0"):
+            return False
+    return True
+
+
+def empty_body() -> RequestBody:
+    """The body of a request that declares none: the one message a server sends for it."""
+    return RequestBody([{"type": "http.request", "body": b"", "more_body": False}], True, False)

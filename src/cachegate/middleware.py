@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import time
 
-from cachegate.body import RequestBody, read_body
+from cachegate.body import RequestBody, declares_no_body, empty_body, read_body
 from cachegate.extractors import BadRequest, RequestView, guard_refusal
 from cachegate.fresh import Computation
 from cachegate.gate import CacheGate
@@ -162,7 +162,14 @@ class CacheResponder:
         return facts
 
     async def _read_body(self, request: RequestView) -> BypassReason | None:
-        """Read the body (capped) for the extractors; the app gets exactly what was read."""
+        """Read the body (capped) for the extractors; the app gets exactly what was read.
+
+        A request that declares no body, to a policy that does not need it, is not read: its
+        body is empty, and the app reads the server's own message if it runs.
+        """
+        if not self.policy.needs_body and declares_no_body(self.scope):
+            self.body = empty_body()
+            return None
         body = self.body = await read_body(self.receive, self.limits.max_body_bytes)
         self.receive = body.receive_again(self.receive)
         if not body.complete:

@@ -135,6 +135,8 @@ class Policy:
     streams: Streams | None = None
     tenant_in_body: bool = field(init=False, repr=False, compare=False)
     """Whether reading the tenant may read the body (`reads_body`), known once per policy."""
+    needs_body: bool = field(init=False, repr=False, compare=False)
+    """Whether admitting a request may read its body: an extractor that may, or a guard."""
 
     def __post_init__(self) -> None:
         if self.ttl <= 0:
@@ -150,6 +152,11 @@ class Policy:
             )
         object.__setattr__(self, "methods", frozenset(m.upper() for m in self.methods))
         object.__setattr__(self, "tenant_in_body", reads_body(self.tenant))
+        extractors = [self.tenant, *self.key.values()]
+        if self.subject is not None:
+            extractors.append(self.subject)
+        needs_body = self.guard is not None or any(map(reads_body, extractors))
+        object.__setattr__(self, "needs_body", needs_body)
 
 
 @dataclass(frozen=True)
