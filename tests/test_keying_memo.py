@@ -58,11 +58,28 @@ def _policies() -> list[Policy]:
             key={"v": header("X-Variant"), "w": header("x-variant")},
             methods=frozenset({"GET"}),
         ),
+        Policy(
+            "/ask/{item}",
+            tenant=tenant,
+            key={"q": body_field("q"), "n": as_int(body_field("f.n")), "v": header("X-Variant")},
+            subject=body_field("client_id"),
+        ),
     ]
 
 
 POLICIES = _policies()
 
+BODIES = [
+    b"",
+    b'{"q": "a"}',
+    b'{"q": "A", "client_id": "c"}',
+    b'{"q": "a", "f": {"n": "01"}}',
+    b'{"q": "a", "f": {"n": 1}}',
+    b'{"q": 1}',
+    b"[1]",
+    b"not json",
+    b"\xff",
+]
 small = st.sampled_from(["", "a", "A", "1", "01", "a b", "é", "%", "+"])
 query_pairs = st.lists(
     st.tuples(st.sampled_from(["q", "client_id", "n", "Q"]), small),
@@ -70,8 +87,10 @@ query_pairs = st.lists(
 )
 header_values = st.lists(
     st.tuples(
-        st.sampled_from([b"x-variant", b"x-client", b"x-other"]),
-        st.sampled_from([b"", b"a", b"A", b"1", b"01", b"\xe9"]),
+        st.sampled_from([b"x-variant", b"x-client", b"x-other", b"content-type"]),
+        st.sampled_from(
+            [b"", b"a", b"A", b"1", b"01", b"\xe9", b"application/json", b"text/plain"]
+        ),
     ),
     max_size=4,
 )
@@ -89,6 +108,7 @@ requests = st.fixed_dictionaries(
         | st.sampled_from([b"q=a&q=a", b"q=%zz", b"q", b"&&q=a", b"q=a+b", b"q=a%20b"]),
         "headers": header_values,
         "item": st.sampled_from(["1", "2", "x y"]),
+        "body": st.sampled_from(BODIES),
     }
 )
 
@@ -100,7 +120,7 @@ def _view(case: dict[str, Any]) -> RequestView:
         path_params={"item": case["item"]},
         headers=list(case["headers"]),
         query_string=case["query"],
-        body=b"",
+        body=case.get("body", b""),
     )
 
 
@@ -121,6 +141,8 @@ NEIGHBOURS = [  # each changes one input of a request: its facts may differ, nev
     lambda c: c | {"headers": [*c["headers"], (b"x-client", b"1")]},
     lambda c: c | {"headers": c["headers"][:-1]},
     lambda c: c | {"policy": (c["policy"] + 1) % len(POLICIES)},
+    lambda c: c | {"body": BODIES[(BODIES.index(c["body"]) + 1) % len(BODIES)]},
+    lambda c: c | {"headers": [*c["headers"], (b"content-type", b"text/plain")]},
 ]
 
 
@@ -198,8 +220,8 @@ class _Query(type(query_param("q"))):  # type: ignore[misc]
         (trusted_header("X-Client"), Reads(headers=(b"x-client",))),
         (path_param("item"), Reads()),
         (as_int(query_param("n")), Reads(query=True)),
-        (as_int(body_field("n")), None),
-        (body_field("query"), None),
+        (as_int(body_field("n")), Reads(body=True, headers=(b"content-type",))),
+        (body_field("query"), Reads(body=True, headers=(b"content-type",))),
         (authenticated("id"), None),
         (_guard, None),
         (_Query("q"), None),
@@ -212,3 +234,4 @@ def test_what_an_extractor_reads(extractor: Any, reads: Reads | None) -> None:
 def test_reads_combine_without_repeats() -> None:
     combined = Reads(headers=(b"a",)) | Reads(query=True, headers=(b"b", b"a"))
     assert combined == Reads(query=True, headers=(b"a", b"b"))
+    assert (Reads() | Reads(body=True)).body

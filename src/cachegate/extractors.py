@@ -338,25 +338,30 @@ def reads_body(extractor: Extractor) -> bool:
 @dataclass(frozen=True, slots=True)
 class Reads:
     """What an extractor reads of a request besides its method and path parameters: the query
-    string (`query`) and the headers named in `headers` (lowercased Latin-1)."""
+    string (`query`), the body (`body`) and the headers named in `headers` (lowercased
+    Latin-1)."""
 
     query: bool = False
+    body: bool = False
     headers: tuple[bytes, ...] = ()
 
     def __or__(self, other: Reads) -> Reads:
         headers = self.headers + tuple(h for h in other.headers if h not in self.headers)
-        return Reads(self.query or other.query, headers)
+        return Reads(self.query or other.query, self.body or other.body, headers)
 
 
 def request_reads(extractor: Extractor) -> Reads | None:
     """What `extractor` reads of a request, when it is a helper that reads only the query
-    string, headers or path parameters (through `as_int` too); None for anything else (the
-    body, the scope, your own function, a subclass), which may read anything."""
+    string, headers, path parameters or the body (through `as_int` too); None for anything else
+    (the scope, your own function, a subclass), which may read anything. A body field reads
+    the `Content-Type` too: it says whether the body is JSON."""
     kind = type(extractor)
     if kind is _Query:
         return Reads(query=True)
     if kind is _PathParam:
         return Reads()
+    if kind is _BodyField:
+        return Reads(body=True, headers=(b"content-type",))
     if isinstance(extractor, _Header | _TrustedHeader) and kind in (_Header, _TrustedHeader):
         return Reads(headers=(extractor._raw,))
     if isinstance(extractor, _AsInt) and kind is _AsInt:

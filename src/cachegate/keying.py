@@ -38,7 +38,7 @@ class Keying:
     """Reads a request's tenant, subject and key material under a policy and names its keys.
 
     Facts are a pure function of what the policy's extractors read. When every subject and key
-    extractor is a helper that reads only the query string, headers and path parameters
+    extractor is a helper that reads only the query string, headers, path parameters or body
     (`request_reads`), the facts of a request are remembered under exactly those inputs, its
     method and its tenant: a repeated question (a hit) is not parsed, normalised and hashed
     again. Any other extractor is called for every request.
@@ -116,16 +116,26 @@ class _Memo:
             return None
         path_params = tuple(request.path_params.items())
         query = request.query_string if reads.query else b""
-        size = len(tenant) + len(query)
+        body = request.body if reads.body else b""
+        if type(body) is not bytes:  # a view or buffer: not kept (it may change)
+            return None
+        size = len(tenant) + len(query) + len(body)
         if reads.headers:
             headers = tuple(
                 tuple(value for name, value in request.headers if name == wanted)
                 for wanted in reads.headers
             )
             size += sum(len(value) for values in headers for value in values)
-            inputs: tuple[object, ...] = (request.method, tenant, query, path_params, headers)
+            inputs: tuple[object, ...] = (
+                request.method,
+                tenant,
+                query,
+                body,
+                path_params,
+                headers,
+            )
         else:
-            inputs = (request.method, tenant, query, path_params)
+            inputs = (request.method, tenant, query, body, path_params)
         if path_params:
             size += sum(len(name) + len(value) for name, value in path_params)
         return inputs if size <= MEMO_MAX_CHARS else None
