@@ -235,3 +235,12 @@ def test_reads_combine_without_repeats() -> None:
     combined = Reads(headers=(b"a",)) | Reads(query=True, headers=(b"b", b"a"))
     assert combined == Reads(query=True, headers=(b"a", b"b"))
     assert (Reads() | Reads(body=True)).body
+
+
+def test_a_policys_key_cannot_change_under_the_memory() -> None:
+    key = {"q": query_param("q")}
+    policy = Policy("/ask", tenant=trusted_header("X-Workspace-ID"), key=key)
+    key["v"] = header("X-Variant")
+    assert list(policy.key) == ["q"]
+    with pytest.raises(TypeError):
+        policy.key["v"] = header("X-Variant")  # type: ignore[index]

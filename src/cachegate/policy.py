@@ -111,8 +111,9 @@ class Policy:
     always key material. `tenant` is required and a request without one bypasses; it must be an
     identity the client cannot choose (`authenticated`, `trusted_header`, or your own function),
     so `header(...)` is refused. `subject` narrows the scope (a client); `key` names the values
-    that make two requests the same question. Text in key material is normalised by
-    `normalization` (exact by default). `ttl` is absolute: reads never extend it.
+    that make two requests the same question (kept as a read-only copy). Text in key material
+    is normalised by `normalization` (exact by default). `ttl` is absolute: reads never extend
+    it.
     `guard` is checked before a lookup: what the app checks but the key does not say (the
     caller may see this client, the body validates) must hold there, or the request bypasses.
     `rerun_safe` says the route has no side effects, so shadow checks may compute it twice.
@@ -151,6 +152,8 @@ class Policy:
                 f"model)."
             )
         object.__setattr__(self, "methods", frozenset(m.upper() for m in self.methods))
+        # a read-only copy: keying remembers what the key's extractors read
+        object.__setattr__(self, "key", MappingProxyType(dict(self.key)))
         object.__setattr__(self, "tenant_in_body", reads_body(self.tenant))
         extractors = [self.tenant, *self.key.values()]
         if self.subject is not None:
