@@ -244,3 +244,12 @@ def test_a_policys_key_cannot_change_under_the_memory() -> None:
     assert list(policy.key) == ["q"]
     with pytest.raises(TypeError):
         policy.key["v"] = header("X-Variant")  # type: ignore[index]
+
+
+def test_an_input_that_cannot_be_remembered_is_keyed_afresh() -> None:
+    keying = Keying(KEYSPACE)
+    case = {"policy": 2, "method": "GET", "tenant": "t1", "query": b"", "item": "1"}
+    case["headers"] = [(b"x-variant", bytearray(b"a"))]  # a server sends bytes; never fail
+    first = _outcome(keying, case)
+    assert isinstance(first, RequestFacts)
+    assert _outcome(keying, case) == first and _outcome(keying, case) is not first

@@ -60,7 +60,10 @@ class Keying:
         inputs = memo.inputs(request, tenant)
         if inputs is None:
             return self._facts(policy, request, tenant)
-        facts = memo.known.get(inputs)
+        try:
+            facts = memo.known.get(inputs)
+        except TypeError:  # an unhashable input (a header value not bytes): keyed afresh
+            return self._facts(policy, request, tenant)
         if facts is None:
             facts = self._facts(policy, request, tenant)
             memo.keep(inputs, facts)
