@@ -123,25 +123,18 @@ class _Memo:
         if type(body) is not bytes:  # a view or buffer: not kept (it may change)
             return None
         size = len(tenant) + len(query) + len(body)
+        headers: tuple[tuple[bytes, ...], ...] = ()
         if reads.headers:
             headers = tuple(
                 tuple(value for name, value in request.headers if name == wanted)
                 for wanted in reads.headers
             )
             size += sum(len(value) for values in headers for value in values)
-            inputs: tuple[object, ...] = (
-                request.method,
-                tenant,
-                query,
-                body,
-                path_params,
-                headers,
-            )
-        else:
-            inputs = (request.method, tenant, query, body, path_params)
         if path_params:
             size += sum(len(name) + len(value) for name, value in path_params)
-        return inputs if size <= MEMO_MAX_CHARS else None
+        if size > MEMO_MAX_CHARS:
+            return None
+        return (request.method, tenant, query, body, path_params, headers)
 
     def keep(self, inputs: tuple[object, ...], facts: RequestFacts) -> None:
         """Remember `facts`, forgetting the oldest past `MEMO_ENTRIES`."""
@@ -156,10 +149,7 @@ def _policy_reads(policy: Policy) -> Reads | None:
     """What a policy's subject and key extractors read together, or None if any may read
     more than `request_reads` can say."""
     reads = Reads()
-    extractors = [*policy.key.values()]
-    if policy.subject is not None:
-        extractors.append(policy.subject)
-    for extractor in extractors:
+    for extractor in policy.scope_extractors():
         read = request_reads(extractor)
         if read is None:
             return None

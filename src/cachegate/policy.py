@@ -155,11 +155,15 @@ class Policy:
         # a read-only copy: keying remembers what the key's extractors read
         object.__setattr__(self, "key", MappingProxyType(dict(self.key)))
         object.__setattr__(self, "tenant_in_body", reads_body(self.tenant))
-        extractors = [self.tenant, *self.key.values()]
-        if self.subject is not None:
-            extractors.append(self.subject)
-        needs_body = self.guard is not None or any(map(reads_body, extractors))
+        needs_body = self.guard is not None or any(
+            map(reads_body, (self.tenant, *self.scope_extractors()))
+        )
         object.__setattr__(self, "needs_body", needs_body)
+
+    def scope_extractors(self) -> tuple[Extractor, ...]:
+        """The subject's and the key's extractors: what keys a request within its tenant."""
+        subject = () if self.subject is None else (self.subject,)
+        return (*subject, *self.key.values())
 
 
 @dataclass(frozen=True)
